@@ -1,0 +1,1 @@
+"""The harness: configs, runner, evaluation, statistics, results store and CLI."""

@@ -1,0 +1,188 @@
+"""Command line: ``python run_benchmark.py [run] ...``, ``ls``.
+
+All work is done by the Python API (:mod:`benchmark.runner`); this module only
+parses flags into an :class:`~benchmark.config.ExperimentConfig`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tasks.errors import BenchmarkError
+
+log = logging.getLogger("benchmark")
+
+RUN_EXAMPLES = """\
+examples:
+  python run_benchmark.py                      # default suite on the built-in 'shapes' dataset
+  python run_benchmark.py --shots 1 --test-episodes 200 --train-episodes 100
+  python run_benchmark.py --learners protonet --modalities image+text --fusions attention \\
+      --query-modalities image                 # queries without text
+  python run_benchmark.py --config benchmark/configs/shapes_default.yaml --set train.lr=0.0005
+  python run_benchmark.py ls learners          # what is registered ('ls fusions', 'ls datasets', ...)
+"""
+
+KINDS = ("learners", "fusions", "backbones", "text_encoders", "datasets")
+
+
+def _csv(kind):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        try:
+            return [kind(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_benchmark.py", description="Few-shot multimodal (image + text) meta-learning benchmark.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (e.g. my_pkg.my_learner) to register your own components")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="train and evaluate (the default command)", epilog=RUN_EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", help="YAML experiment file; flags override it")
+    run.add_argument("--dataset", help="dataset name (default: shapes, built in)")
+    run.add_argument("--data-root", help="folder holding the dataset in its official layout")
+    run.add_argument("--learners", type=_csv(str), help="comma-separated learner names")
+    run.add_argument("--modalities", type=_csv(str), help="e.g. image,text,image+text")
+    run.add_argument("--fusions", type=_csv(str), help="fusions for multimodal settings, e.g. concat,attention")
+    run.add_argument("--text-encoder", help="bow (trainable) or minilm (frozen all-MiniLM-L6-v2)")
+    run.add_argument("--query-modalities", help="what queries show: image+text (default) or image")
+    run.add_argument("--ways", type=_csv(int), help="test ways, e.g. 5,20")
+    run.add_argument("--shots", type=_csv(int), help="test shots, e.g. 1,5")
+    run.add_argument("--queries", type=int, help="test queries per class (default 15)")
+    run.add_argument("--train-episodes", type=int, help="meta-training steps per method")
+    run.add_argument("--test-episodes", type=int, help="episodes per test manifest (default 600)")
+    run.add_argument("--seed", type=int, help="seed for episodes and initialisation (default 0)")
+    run.add_argument("--out", help="output directory; each run writes a subfolder (default: runs)")
+    run.add_argument("--device", help="cpu, cuda, cuda:N")
+    run.add_argument("--threads", type=int, help="torch CPU threads")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any config key, e.g. train.lr=0.0005 (value parsed as YAML)")
+
+    ls = sub.add_parser("ls", help="list registered components")
+    ls.add_argument("kind", choices=KINDS)
+    ls.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'proto*'")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    import yaml
+
+    from benchmark.config import ExperimentConfig, load_yaml, merge
+
+    cfg = ExperimentConfig()
+    if args.config:
+        cfg = merge(cfg, load_yaml(args.config), f"config file {args.config}")
+    flags = {
+        "dataset": args.dataset, "data_root": args.data_root, "learners": args.learners,
+        "modalities": args.modalities, "fusions": args.fusions, "text_encoder": args.text_encoder,
+        "seed": args.seed, "out": args.out, "device": args.device, "threads": args.threads,
+    }
+    overrides: dict = {k: v for k, v in flags.items() if v is not None}
+    train = {k: v for k, v in {"episodes": args.train_episodes}.items() if v is not None}
+    evals = {k: v for k, v in {"ways": args.ways, "shots": args.shots, "query": args.queries,
+                               "episodes": args.test_episodes,
+                               "query_modalities": args.query_modalities}.items() if v is not None}
+    if train:
+        overrides["train"] = train
+    if evals:
+        overrides["eval"] = evals
+    cfg = merge(cfg, overrides, "command line")
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BenchmarkError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.0005")
+        nested: dict = {}
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+        cfg = merge(cfg, nested, f"--set {key}")
+    return cfg
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import learners  # noqa: F401
+    import tasks.datasets  # noqa: F401
+    from learners.registry import BACKBONES, FUSIONS, LEARNERS, TEXT_ENCODERS
+    from tasks.datasets import DATASETS
+
+    registry = {"learners": LEARNERS, "fusions": FUSIONS, "backbones": BACKBONES,
+                "text_encoders": TEXT_ENCODERS, "datasets": DATASETS}[args.kind]
+    for name in registry.names(args.pattern):
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:18s} {doc[0] if doc else ''}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.results import format_table
+    from benchmark.runner import Benchmark
+
+    start = time.perf_counter()
+    bench = Benchmark(config_from_args(args))
+    log.info("run %s: %d methods, writing to %s", bench.run_id, len(bench.methods), bench.run_dir)
+    table = bench.run()
+    print(format_table(table))
+    print(f"\nresults: {bench.run_dir}/summary.md  (rows.jsonl, run.json)  "
+          f"wall time {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Import user modules named explicitly with ``--plugin`` (they register components)."""
+    for name in modules:
+        if name.endswith(".py") or "/" in name:
+            path = Path(name)
+            sys.path.insert(0, str(path.parent.resolve()))
+            name = path.stem
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise BenchmarkError(f"--plugin {name!r} could not be imported: {err}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = {"run", "ls"}
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
+    if first is None or argv[first] not in commands:
+        if not any(a in ("-h", "--help") for a in argv[:1]):
+            # `run` is the default command; keep global flags in front of it
+            globals_ = [a for a in argv if a == "--debug"]
+            argv = globals_ + ["run"] + [a for a in argv if a != "--debug"]
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    try:
+        load_plugins(args.plugin)
+        if args.command == "ls":
+            return cmd_ls(args)
+        return cmd_run(args)
+    except BenchmarkError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished methods are saved in the run folder; rerun the same command to continue",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal error: a short message, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"internal error: {type(err).__name__}: {err}\n(rerun with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 1

@@ -1,0 +1,215 @@
+"""Typed experiment configuration.
+
+An experiment is an :class:`ExperimentConfig`: defaults live here, a YAML file
+(``--config``) overrides only what differs, and command-line flags override
+both. Unknown keys, wrong types and out-of-range values raise a
+:class:`BenchmarkError` that names the key (and the file).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import BenchmarkError, suggest
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training (episodic) settings."""
+
+    way: int = 20  # classes per training episode (Snell et al. train with more ways than they test)
+    shot: int = 5
+    query: int = 5
+    episodes: int = 600  # optimiser steps; each sees meta_batch episodes
+    meta_batch: int = 1
+    lr: float = 1e-3
+    lr_decay_every: int = 0  # halve the learning rate every this many steps (0: never)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm (0: off)
+    val_every: int = 200  # validate every this many steps (and at the end)
+    val_episodes: int = 100
+    val_way: int = 5
+    val_shot: int = 1
+    val_query: int = 15
+
+
+@dataclass
+class EvalConfig:
+    """Test protocol: every (way, shot) pair is evaluated on its own fixed manifest."""
+
+    ways: list[int] = field(default_factory=lambda: [5])
+    shots: list[int] = field(default_factory=lambda: [1, 5])
+    query: int = 15
+    episodes: int = 600
+    support_modalities: str = "image+text"
+    query_modalities: str = "image+text"
+
+
+@dataclass
+class ExperimentConfig:
+    """One benchmark run: which methods, on which data, under which protocol."""
+
+    dataset: str = "shapes"
+    data_root: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    learners: list[str] = field(default_factory=lambda: ["protonet"])
+    modalities: list[str] = field(default_factory=lambda: ["image", "text", "image+text"])
+    fusions: list[str] = field(default_factory=lambda: ["concat", "attention"])
+    learner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backbone: str = "conv4"
+    backbone_options: dict[str, Any] = field(default_factory=lambda: {"hidden": 64})
+    text_encoder: str = "bow"
+    text_encoder_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "runs"
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def validate(self) -> "ExperimentConfig":
+        """Range checks that types alone cannot express; returns self."""
+        checks = [
+            ("train.way", self.train.way, 2), ("train.shot", self.train.shot, 1),
+            ("train.query", self.train.query, 1), ("train.episodes", self.train.episodes, 0),
+            ("train.meta_batch", self.train.meta_batch, 1), ("train.val_every", self.train.val_every, 1),
+            ("train.val_episodes", self.train.val_episodes, 1), ("train.val_way", self.train.val_way, 2),
+            ("train.val_shot", self.train.val_shot, 1), ("train.val_query", self.train.val_query, 1),
+            ("train.lr_decay_every", self.train.lr_decay_every, 0), ("eval.query", self.eval.query, 1),
+            ("eval.episodes", self.eval.episodes, 1), ("threads", self.threads, 0),
+        ]
+        checks += [("eval.ways", w, 2) for w in self.eval.ways] + [("eval.shots", s, 1) for s in self.eval.shots]
+        for key, value, low in checks:
+            if value < low:
+                raise BenchmarkError(f"config value {key}={value} is out of range: it must be >= {low}")
+        for key, value in (("train.lr", self.train.lr),):
+            if not value > 0:
+                raise BenchmarkError(f"config value {key}={value} is out of range: it must be > 0")
+        for key, value in (("train.weight_decay", self.train.weight_decay), ("train.grad_clip", self.train.grad_clip)):
+            if value < 0:
+                raise BenchmarkError(f"config value {key}={value} is out of range: it must be >= 0")
+        for key, values in (("learners", self.learners), ("modalities", self.modalities),
+                            ("eval.ways", self.eval.ways), ("eval.shots", self.eval.shots)):
+            if not values:
+                raise BenchmarkError(f"config value {key} is empty; give at least one")
+        return self
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys and value types.
+
+    ``where`` names the source (e.g. the YAML file) in error messages.
+    """
+    if not isinstance(data, dict):
+        raise BenchmarkError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise BenchmarkError(f"{where}: unknown key {key!r}.{suggest(str(key), fields)} "
+                                 f"Valid keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
+    return cls(**kwargs)
+
+
+def merge(base: Any, overrides: dict, where: str) -> Any:
+    """Return a copy of dataclass ``base`` with the (nested) ``overrides`` applied and checked."""
+    if not isinstance(overrides, dict):
+        raise BenchmarkError(f"{where}: expected a mapping, got {type(overrides).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    hints = typing.get_type_hints(type(base))
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise BenchmarkError(f"{where}: unknown key {key!r}.{suggest(str(key), fields)} "
+                                 f"Valid keys: {', '.join(fields)}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = merge(current, value, f"{where}: {key}")
+        else:
+            changes[key] = _coerce(hints[key], value, f"{where}: {key}")
+    return dataclasses.replace(base, **changes)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except BenchmarkError as err:
+                errors.append(str(err))
+        raise BenchmarkError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise BenchmarkError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, where) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise BenchmarkError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise BenchmarkError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BenchmarkError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BenchmarkError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise BenchmarkError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read an experiment YAML file safely (``yaml.safe_load``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise BenchmarkError(f"cannot read config file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise BenchmarkError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BenchmarkError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def component_config(cls: type, options: dict, where: str) -> Any:
+    """Build a component's ``Config`` dataclass from user options, with checked keys and values."""
+    try:
+        return from_dict(cls, options, where)
+    except (ValueError, TypeError) as err:
+        raise BenchmarkError(f"{where}: {err}") from None
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)

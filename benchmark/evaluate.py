@@ -1,0 +1,68 @@
+"""Evaluation of a learner on a fixed manifest of episodes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from learners.base import EMBEDDING, Learner
+from tasks.episode import Episode, EpisodeLoader, EpisodeSpec
+from tasks.sampler import EpisodeManifest
+
+
+class EmbeddedEpisodes:
+    """Episodes built from embeddings computed once per item (for ``fixed_embedding`` learners).
+
+    Each item of the manifest is embedded once per side (support and query may
+    show different modalities); episodes then index the cached embeddings.
+    """
+
+    def __init__(self, learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest,
+                 device: torch.device, batch_size: int = 512) -> None:
+        self.loader = loader
+        self.tables: dict[str, tuple[np.ndarray, Tensor]] = {}
+        for side in ("support", "query"):
+            items = np.unique(np.concatenate([np.ravel(getattr(e, side)) for e in manifest.episodes]))
+            modalities = getattr(loader.setting, side)
+            feats = []
+            with torch.inference_mode():
+                for i in range(0, len(items), batch_size):
+                    batch = torch.as_tensor(items[i : i + batch_size])
+                    inputs = {k: v.to(device) for k, v in loader.side(batch, modalities).items()}
+                    feats.append(learner.embed(inputs))
+            self.tables[side] = (items, torch.cat(feats).clone())
+
+    def _lookup(self, side: str, items) -> dict[str, Tensor]:
+        index, feats = self.tables[side]
+        return {EMBEDDING: feats[torch.as_tensor(np.searchsorted(index, np.ravel(items)))]}
+
+    def load(self, spec: EpisodeSpec) -> Episode:
+        episode = self.loader.load_labels(spec)
+        return Episode(support=self._lookup("support", spec.support), support_labels=episode.support_labels,
+                       query=self._lookup("query", spec.query), query_labels=episode.query_labels,
+                       class_ids=episode.class_ids, class_text=episode.class_text, episode_id=spec.episode_id)
+
+
+def evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest, device: torch.device,
+             use_embedding_cache: bool = True, progress: str | None = None) -> dict[str, np.ndarray]:
+    """Accuracy and loss of every episode of ``manifest``.
+
+    Returns:
+        ``{"accuracy": float64 [n_episodes], "loss": float64 [n_episodes]}``.
+    """
+    learner.eval()
+    source: EpisodeLoader | EmbeddedEpisodes = loader
+    if use_embedding_cache and learner.fixed_embedding:
+        source = EmbeddedEpisodes(learner, loader, manifest, device)
+    accuracy = np.zeros(len(manifest.episodes))
+    loss = np.zeros(len(manifest.episodes))
+    episodes = tqdm(manifest.episodes, desc=progress, leave=False, disable=progress is None, mininterval=1)
+    with torch.no_grad():
+        for i, spec in enumerate(episodes):
+            episode = source.load(spec).to(device)
+            logits = learner.predict(learner.adapt(episode), episode.query)
+            accuracy[i] = (logits.argmax(-1) == episode.query_labels).double().mean().item()
+            loss[i] = torch.nn.functional.cross_entropy(logits, episode.query_labels).item()
+    return {"accuracy": accuracy, "loss": loss}
+

@@ -1,0 +1,113 @@
+"""The results store: per-episode rows, summaries and the run's provenance record.
+
+Layout of one run directory::
+
+    <out>/<run_id>/rows.jsonl      one row per (method, way, shot, episode, metric)
+    <out>/<run_id>/run.json        resolved config, seeds, manifest hashes, versions, timings
+    <out>/<run_id>/summary.csv     generated from rows.jsonl, never edited by hand
+    <out>/<run_id>/summary.md
+    <out>/<run_id>/checkpoints/    best model of each method
+    <out>/manifests/               fixed test episodes, shared by every run in <out>
+
+Every file except ``rows.jsonl`` is written atomically (temporary file, then
+rename). Rows of a method are appended in one write and flushed when the
+method has finished, so an interrupt never loses a finished method.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.stats import mean_ci95
+
+SUMMARY_KEYS = ["learner", "fusion", "modalities", "setting", "dataset", "n_way", "n_shot", "n_query"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows as JSON lines in one write, then flush to disk."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """Read rows, ignoring a trailing partial line left by a crash."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return pd.DataFrame(rows)
+
+
+def summarize(rows: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Mean and 95% CI (in percent) per method and protocol, from per-episode rows."""
+    columns = SUMMARY_KEYS + ["n_episodes", "accuracy", "ci95", "manifest_sha256"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    rows = rows[rows["metric"] == metric]
+    out = []
+    for key, group in rows.groupby(SUMMARY_KEYS, sort=False, dropna=False):
+        mean, ci = mean_ci95(group["value"].to_numpy())
+        out.append(dict(zip(SUMMARY_KEYS, key), n_episodes=len(group), accuracy=round(100 * mean, 2),
+                        ci95=round(100 * ci, 2), manifest_sha256=group["manifest_sha256"].iloc[0]))
+    return pd.DataFrame(out, columns=columns)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub markdown table (no optional dependency needed)."""
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def write_summary(run_dir: Path) -> pd.DataFrame:
+    """Regenerate ``summary.csv`` and ``summary.md`` from ``rows.jsonl``."""
+    table = summarize(read_rows(run_dir / "rows.jsonl"))
+    atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False))
+    shown = table.drop(columns=["manifest_sha256"])
+    atomic_write_text(run_dir / "summary.md", to_markdown(shown))
+    return table
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The one-screen summary printed at the end of a run."""
+    if table.empty:
+        return "(no results)"
+    shown = table[["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "ci95"]].copy()
+    shown["accuracy"] = [f"{a:6.2f} ± {c:.2f}" for a, c in zip(table["accuracy"], table["ci95"])]
+    shown = shown.drop(columns=["ci95"]).rename(columns={"accuracy": "accuracy % (95% CI)"})
+    return shown.to_string(index=False)
+
+
+def jsonable(value):
+    """Convert numpy scalars and arrays for ``json.dumps``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

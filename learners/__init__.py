@@ -1,0 +1,7 @@
+"""Learners, backbones, text encoders and fusions; importing this registers the built-ins."""
+from learners import backbones, fusions, protonet, text  # noqa: F401  (register components)
+from learners.base import Learner
+from learners.encoder import ModelSpec, MultimodalEncoder
+from learners.registry import BACKBONES, FUSIONS, LEARNERS, TEXT_ENCODERS
+
+__all__ = ["BACKBONES", "FUSIONS", "LEARNERS", "TEXT_ENCODERS", "Learner", "ModelSpec", "MultimodalEncoder"]

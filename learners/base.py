@@ -1,0 +1,81 @@
+"""The learner API.
+
+The harness owns devices, ``train()``/``eval()`` and ``no_grad``; a learner
+that adapts by gradient turns gradients on locally.
+
+* ``loss(episodes) -> Tensor``: the meta-training loss of a batch of episodes
+  (the harness calls ``backward`` and steps the optimiser).
+* ``adapt(episode) -> state``: adapt to the support side (``episode.support``,
+  ``episode.support_labels``, ``episode.class_text``); must not look at the query.
+* ``predict(state, query) -> logits [n_query, n_way]``.
+
+Learners whose per-item embedding is fixed after training set
+``fixed_embedding = True`` and implement ``embed(inputs) -> [B, D]``; the harness
+then embeds each test item once and feeds episodes of embeddings, passed as the
+modality ``"embedding"``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from learners.encoder import ModelSpec
+from tasks.episode import Episode
+
+EMBEDDING = "embedding"
+
+
+class Learner(nn.Module, ABC):
+    """Base class of all learners. Subclasses define a dataclass ``Config`` of their options."""
+
+    @dataclasses.dataclass
+    class Config:
+        pass
+
+    #: the learner can work on image-only, text-only and fused inputs
+    supports_modalities: ClassVar[tuple[str, ...]] = ("image", "text", "image+text")
+    #: needs class-level text in every episode (``episode.class_text``)
+    requires_class_text: ClassVar[bool] = False
+    #: per-item embedding is fixed at test time (enables embedding caching)
+    fixed_embedding: ClassVar[bool] = False
+    #: uses the query set jointly when predicting (e.g. batch-norm statistics)
+    transductive: ClassVar[bool] = False
+
+    def __init__(self, spec: ModelSpec, config: "Learner.Config | None" = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def loss(self, episodes: Sequence[Episode]) -> Tensor:
+        """Mean meta-training loss over ``episodes`` (a scalar with a graph)."""
+
+    @abstractmethod
+    def adapt(self, episode: Episode) -> Any:
+        """Adapt to ``episode``'s support side; returns the state ``predict`` needs."""
+
+    @abstractmethod
+    def predict(self, state: Any, query: Mapping[str, Tensor]) -> Tensor:
+        """Logits ``[n_query, n_way]`` for the query batch."""
+
+    def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no fixed embedding")
+
+    @staticmethod
+    def require_state(state: Any) -> Any:
+        if state is None:
+            raise RuntimeError("predict() was called before adapt(): call state = learner.adapt(episode) first")
+        return state
+
+
+def class_means(features: Tensor, labels: Tensor, n_way: int) -> Tensor:
+    """Mean feature per class. ``features [B, D]``, ``labels [B]`` in ``0..n_way-1`` -> ``[n_way, D]``."""
+    sums = torch.zeros(n_way, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, labels, features)
+    counts = torch.bincount(labels, minlength=n_way).clamp_min(1).to(features.dtype)
+    return sums / counts.unsqueeze(1)

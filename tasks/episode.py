@@ -1,0 +1,175 @@
+"""Episodes: what one few-shot task is (:class:`EpisodeSpec`) and its loaded tensors (:class:`Episode`).
+
+Describing an episode (which classes, which items) is separate from loading
+it, so a fixed test manifest is just a list of specs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tasks.errors import BenchmarkError, UnsupportedSetting
+
+MODALITIES = ("image", "text")
+
+
+def parse_modalities(text: str | tuple[str, ...] | list[str], what: str = "modalities") -> tuple[str, ...]:
+    """Parse ``"image+text"`` (or a sequence) into a sorted tuple of known modality names."""
+    names = text.split("+") if isinstance(text, str) else list(text)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in MODALITIES]
+    if unknown or not names:
+        raise BenchmarkError(
+            f"{what}: {text!r} is not a modality setting; use names from {MODALITIES} joined by '+', "
+            "e.g. 'image', 'text' or 'image+text'"
+        )
+    return tuple(m for m in MODALITIES if m in names)
+
+
+@dataclass(frozen=True)
+class TaskSetting:
+    """Which modalities each side of an episode shows (part of the task, recorded with results)."""
+
+    support: tuple[str, ...] = ("image", "text")
+    query: tuple[str, ...] = ("image", "text")
+
+    def describe(self) -> str:
+        return f"support={'+'.join(self.support)},query={'+'.join(self.query)}"
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which classes and items make one episode (no tensors).
+
+    Attributes:
+        class_ids: global class index of each of the N ways, in label order.
+        support: item indices ``[N, K]``; row ``i`` holds the support items of class ``i``.
+        query: item indices ``[N, Q]``.
+        episode_id: position in its manifest (or training step).
+    """
+
+    class_ids: tuple[int, ...]
+    support: tuple[tuple[int, ...], ...]
+    query: tuple[tuple[int, ...], ...]
+    episode_id: int = 0
+
+    @property
+    def n_way(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def n_shot(self) -> int:
+        return len(self.support[0])
+
+    @property
+    def n_query(self) -> int:
+        return len(self.query[0])
+
+    def to_json(self) -> dict:
+        return {"id": self.episode_id, "classes": list(self.class_ids),
+                "support": [list(r) for r in self.support], "query": [list(r) for r in self.query]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EpisodeSpec":
+        return cls(class_ids=tuple(data["classes"]), support=tuple(tuple(r) for r in data["support"]),
+                   query=tuple(tuple(r) for r in data["query"]), episode_id=int(data["id"]))
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One loaded N-way K-shot Q-query episode.
+
+    Modalities are looked up by name. Items are ordered class-major: the
+    support labels are ``[0]*K + [1]*K + ...``, likewise the query labels.
+
+    Attributes:
+        support: modality -> batch; ``"image"`` is float ``[N*K, C, H, W]``, ``"text"`` is the
+            text encoder's prepared input ``[N*K, ...]`` (token ids or frozen features).
+        support_labels: int64 ``[N*K]`` in ``0..N-1``.
+        query: modality -> batch ``[N*Q, ...]``.
+        query_labels: int64 ``[N*Q]``.
+        class_ids: int64 ``[N]``, global class index of each way.
+        class_text: prepared class-level text ``[N, ...]`` or ``None``.
+        episode_id: position in the manifest.
+    """
+
+    support: dict[str, Tensor]
+    support_labels: Tensor
+    query: dict[str, Tensor]
+    query_labels: Tensor
+    class_ids: Tensor
+    class_text: Tensor | None = None
+    episode_id: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_way(self) -> int:
+        return len(self.class_ids)
+
+    def to(self, device: torch.device | str) -> "Episode":
+        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        return Episode(
+            support=move(self.support), support_labels=self.support_labels.to(device),
+            query=move(self.query), query_labels=self.query_labels.to(device),
+            class_ids=self.class_ids.to(device),
+            class_text=None if self.class_text is None else self.class_text.to(device),
+            episode_id=self.episode_id, meta=self.meta,
+        )
+
+
+class EpisodeLoader:
+    """Turns :class:`EpisodeSpec` into :class:`Episode` by indexing preloaded tensors.
+
+    Args:
+        images: uint8 ``[n_items, C, H, W]``.
+        mean, std: per-channel normalisation (0..1 scale).
+        item_text: prepared instance text ``[n_items, ...]`` or ``None`` if the dataset has no captions.
+        class_text: prepared class text ``[n_classes, ...]`` or ``None``.
+        setting: which modalities the support and query sides show.
+    """
+
+    def __init__(self, images: np.ndarray | Tensor, mean, std, item_text: Tensor | None = None,
+                 class_text: Tensor | None = None, setting: TaskSetting = TaskSetting()) -> None:
+        self.images = torch.as_tensor(images)
+        c = self.images.shape[1]
+        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, c, 1, 1)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, c, 1, 1)
+        self.item_text = item_text
+        self.class_text = class_text
+        for side in (setting.support, setting.query):
+            if "text" in side and item_text is None:
+                raise UnsupportedSetting(
+                    "this dataset has no instance-level text (captions), so episodes cannot show "
+                    f"'text' on their items ({setting.describe()}); use image-only sides and class text"
+                )
+        self.setting = setting
+
+    def side(self, items: Tensor, modalities: tuple[str, ...]) -> dict[str, Tensor]:
+        """Inputs of the given items for the listed modalities: modality -> ``[len(items), ...]``."""
+        out: dict[str, Tensor] = {}
+        if "image" in modalities:
+            out["image"] = self.images[items].float().mul_(self.scale).sub_(self.shift)
+        if "text" in modalities:
+            out["text"] = self.item_text[items]  # type: ignore[index]
+        return out
+
+    def load_labels(self, spec: EpisodeSpec) -> Episode:
+        """The episode's labels, class ids and class text, with empty modality dicts."""
+        classes = torch.as_tensor(spec.class_ids, dtype=torch.int64)
+        return Episode(
+            support={}, support_labels=torch.arange(spec.n_way).repeat_interleave(spec.n_shot),
+            query={}, query_labels=torch.arange(spec.n_way).repeat_interleave(spec.n_query),
+            class_ids=classes, class_text=None if self.class_text is None else self.class_text[classes],
+            episode_id=spec.episode_id,
+        )
+
+    def load(self, spec: EpisodeSpec) -> Episode:
+        support = torch.as_tensor(np.asarray(spec.support, dtype=np.int64).reshape(-1))
+        query = torch.as_tensor(np.asarray(spec.query, dtype=np.int64).reshape(-1))
+        episode = self.load_labels(spec)
+        episode.support.update(self.side(support, self.setting.support))
+        episode.query.update(self.side(query, self.setting.query))
+        return episode
