@@ -27,7 +27,7 @@ from tasks.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPES: dict[str, list[str]] = {
     "circle": ["circle", "disc", "round token"],
@@ -63,15 +63,34 @@ DISTRACTORS = [
 DISTRACTOR_COLOURS = list(COLOURS) + ["white", "black", "orange", "purple", "grey"]
 WEATHER = ["sunny", "rainy", "cloudy", "windy", "foggy"]
 
+# Class families: one per shape, crossing its looks (image-only) with its stories (text-only).
+FAMILY_SHAPES = ("circle", "triangle", "star", "cross")
+LOOKS_PER_SHAPE = 4
+STORIES_PER_SHAPE = 15
+
 # Probability that a caption mentions each text attribute.
 P_MENTION = {"shape": 0.8, "material": 0.7, "place": 0.7}
 
 
 def _class_attributes(n_classes: int, rng: np.random.Generator) -> list[dict[str, str]]:
-    combos = list(itertools.product(SHAPES, COLOURS, PATTERNS, MATERIALS, PLACES))
+    """Attribute combinations of the classes.
+
+    Classes come in families that share a shape: within a family, every one of
+    ``LOOKS_PER_SHAPE`` looks (colour, pattern) is crossed with every one of
+    ``STORIES_PER_SHAPE`` stories (material, place). So each look is shared by
+    many classes that only the text tells apart, and each story by several
+    classes that only the image tells apart.
+    """
+    looks = list(itertools.product(COLOURS, PATTERNS))
+    stories = list(itertools.product(MATERIALS, PLACES))
+    combos = []
+    for shape in FAMILY_SHAPES:
+        shape_looks = [looks[i] for i in rng.choice(len(looks), LOOKS_PER_SHAPE, replace=False)]
+        shape_stories = [stories[i] for i in rng.choice(len(stories), STORIES_PER_SHAPE, replace=False)]
+        combos += [(shape, c, p, m, pl) for (c, p) in shape_looks for (m, pl) in shape_stories]
     if n_classes > len(combos):
-        raise BenchmarkError(f"shapes: n_classes={n_classes} exceeds the {len(combos)} attribute combinations")
-    picks = rng.choice(len(combos), size=n_classes, replace=False)
+        raise BenchmarkError(f"shapes: n_classes={n_classes} exceeds the {len(combos)} classes the generator makes")
+    picks = rng.permutation(len(combos))[:n_classes]
     keys = ("shape", "colour", "pattern", "material", "place")
     return [dict(zip(keys, combos[i])) for i in picks]
 
