@@ -91,9 +91,9 @@ class MultimodalEncoder(nn.Module):
             if missing and (self.fusion is None or not self.fusion.accepts(present)):
                 name = getattr(self.fusion, "registry_name", None)
                 raise UnsupportedSetting(
-                    f"the {side} side shows only {'+'.join(shown)} but fusion {name!r} needs "
-                    f"{'+'.join(self.modalities)} on every item; use --fusions attention (which handles a "
-                    "missing modality) or show all modalities on that side"
+                    f"the {side} side shows only {'+'.join(shown)} but fusion {name!r} cannot fuse items "
+                    f"without {'+'.join(missing)}; use a fusion that handles a missing modality (e.g. "
+                    f"--fusions attention) or show {'+'.join(self.modalities)} on that side"
                 )
 
     def compare(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
