@@ -225,6 +225,7 @@ class Benchmark:
             text_encoder=factory() if ("text" in method.modalities or cls.requires_class_text) else None,
             fusion=method.fusion, fusion_options=dict(cfg.fusion_options.get(method.fusion or "", {})),
             n_train_classes=len(self.dataset.split_classes("train")),
+            train_class_ids=tuple(int(c) for c in self.dataset.split_classes("train")),
         )
         config = component_config(cls.Config, cfg.learner_options.get(method.learner, {}),
                                   f"learner_options.{method.learner}")

@@ -1,5 +1,14 @@
 """Learners, backbones, text encoders and fusions; importing this registers the built-ins."""
-from learners import backbones, fusions, protonet, text  # noqa: F401  (register components)
+from learners import (  # noqa: F401  (register components)
+    am3,
+    backbones,
+    baselinepp,
+    fusions,
+    linear_probe,
+    matchingnet,
+    protonet,
+    text,
+)
 from learners.base import Learner
 from learners.encoder import ModelSpec, MultimodalEncoder
 from learners.registry import BACKBONES, FUSIONS, LEARNERS, TEXT_ENCODERS

@@ -37,3 +37,62 @@ class Conv4(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x).flatten(1)
+
+
+@BACKBONES.register("resnet18")
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (He et al. 2016) with the final fc removed: 512-d pooled features.
+
+    With ``pretrained=True`` it loads torchvision's ImageNet weights
+    (``ResNet18_Weights.IMAGENET1K_V1``, downloaded once into the torch hub cache)
+    and is frozen by default: no gradients, batch norm always in eval mode.
+    Inputs are the dataset's normalised images (per-channel standardised with
+    the dataset's own statistics, not ImageNet's); one-channel images are
+    repeated to three.
+
+    Args:
+        image_shape: ``(C, H, W)`` of the input.
+        pretrained: load the ImageNet weights (tests use ``False``: random init, no download).
+        frozen: freeze the weights; defaults to ``pretrained``.
+        input_size: resize inputs to this square size first (e.g. 224); 0 keeps them as they are.
+
+    Input ``[B, C, H, W]`` -> output ``[B, 512]``.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], pretrained: bool = False, frozen: bool | None = None,
+                 input_size: int = 0) -> None:
+        super().__init__()
+        from torchvision.models import ResNet18_Weights, resnet18
+
+        from tasks.errors import BenchmarkError
+
+        if image_shape[0] not in (1, 3):
+            raise BenchmarkError(f"backbone resnet18 takes 1- or 3-channel images, got shape {image_shape}")
+        try:
+            model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
+        except (OSError, RuntimeError) as err:
+            raise BenchmarkError(
+                f"could not load the pretrained resnet18 weights ({err}); put resnet18-f37072fd.pth into "
+                "$TORCH_HOME/hub/checkpoints or set backbone_options.pretrained=false"
+            ) from None
+        model.fc = nn.Identity()
+        self.model = model
+        self.frozen = pretrained if frozen is None else frozen
+        self.input_size = input_size
+        if self.frozen:
+            self.model.requires_grad_(False)
+            self.model.eval()
+        self.out_dim = 512
+
+    def train(self, mode: bool = True) -> "ResNet18":
+        """A frozen network stays in eval mode (its batch-norm statistics never change)."""
+        return super().train(mode and not self.frozen)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                          align_corners=False)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.model(x)

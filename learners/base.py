@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from learners.encoder import ModelSpec
 from tasks.episode import Episode
+from tasks.errors import UnsupportedSetting
 
 EMBEDDING = "embedding"
 
@@ -45,9 +46,18 @@ class Learner(nn.Module, ABC):
     fixed_embedding: ClassVar[bool] = False
     #: uses the query set jointly when predicting (e.g. batch-norm statistics)
     transductive: ClassVar[bool] = False
+    #: relabelling the support classes permutes the logit columns in the same way
+    #: (false e.g. for MAML, whose head rows are tied to label positions)
+    permutation_equivariant: ClassVar[bool] = True
 
     def __init__(self, spec: ModelSpec, config: "Learner.Config | None" = None) -> None:
         super().__init__()
+        setting = "+".join(spec.modalities)
+        if setting not in self.supports_modalities:
+            raise UnsupportedSetting(
+                f"learner {getattr(self, 'registry_name', type(self).__name__)!r} does not run on {setting!r} "
+                f"inputs; it supports {list(self.supports_modalities)}"
+            )
         self.spec = spec
         self.config = config if config is not None else self.Config()
 

@@ -1,7 +1,7 @@
 """Encoders -> fusion: the feature extractor every learner is built on."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -24,6 +24,8 @@ class ModelSpec:
         text_encoder: a built :class:`TextEncoder`, or ``None`` when text is unused.
         fusion: registered fusion name (``None`` for a single modality), with ``fusion_options``.
         n_train_classes: number of meta-train classes (for learners that pre-train a classifier).
+        train_class_ids: the global class ids of the meta-train split, in the order of the
+            classifier's outputs (``n_train_classes`` of them); empty means ``0..n_train_classes-1``.
     """
 
     modalities: tuple[str, ...]
@@ -35,6 +37,7 @@ class ModelSpec:
     fusion: str | None = None
     fusion_options: dict = field(default_factory=dict)
     n_train_classes: int = 0
+    train_class_ids: tuple[int, ...] = ()
 
     def build_encoder(self) -> "MultimodalEncoder":
         encoders: dict[str, nn.Module] = {}
@@ -85,13 +88,21 @@ class MultimodalEncoder(nn.Module):
                 raise UnsupportedSetting(
                     f"the {side} side shows {'+'.join(shown)} but this model uses only {'+'.join(self.modalities)}"
                 )
-            if missing and (self.fusion is None or not self.fusion.supports_missing):
+            if missing and (self.fusion is None or not self.fusion.accepts(present)):
                 name = getattr(self.fusion, "registry_name", None)
                 raise UnsupportedSetting(
-                    f"the {side} side shows only {'+'.join(shown)} but fusion {name!r} needs "
-                    f"{'+'.join(self.modalities)} on every item; use --fusions attention (which handles a "
-                    "missing modality) or show all modalities on that side"
+                    f"the {side} side shows only {'+'.join(shown)} but fusion {name!r} cannot fuse items "
+                    f"without {'+'.join(missing)}; use a fusion that handles a missing modality (e.g. "
+                    f"--fusions attention) or show {'+'.join(self.modalities)} on that side"
                 )
+
+    def compare(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Logits of features ``x [B, out_dim]`` against class representations ``y [N, out_dim]``.
+
+        Metric learners call this instead of ``fn(x, y)`` so that late fusion can
+        score each modality on its own (see :mod:`learners.fusions`).
+        """
+        return fn(x, y) if self.fusion is None else self.fusion.compare(fn, x, y)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         features = {m: enc(inputs[m]) for m, enc in self.encoders.items() if m in inputs}

@@ -50,7 +50,10 @@ class ProtoNet(Learner):
 
     def predict(self, state: Tensor, query: Mapping[str, Tensor]) -> Tensor:
         prototypes = self.require_state(state)
-        z = self.embed(query)
+        return self.encoder.compare(self.logits, self.embed(query), prototypes)
+
+    def logits(self, z: Tensor, prototypes: Tensor) -> Tensor:
+        """Scores ``[Q, N]`` of embeddings ``z [Q, D]`` against ``prototypes [N, D]``."""
         if self.config.distance == "cosine":
             return self.config.temperature * F.normalize(z, dim=-1) @ F.normalize(prototypes, dim=-1).T
         return -torch.cdist(z, prototypes).pow(2)
