@@ -1,6 +1,7 @@
 """Datasets: the registry and the loaders that fill it."""
 from tasks.datasets.base import DATASETS, SPLITS, FewShotDataset
 from tasks.datasets import shapes  # noqa: F401  (registers the built-in dataset)
+from tasks.datasets import imagenet, omniglot  # noqa: F401
 
 __all__ = ["DATASETS", "SPLITS", "FewShotDataset", "load_dataset"]
 
