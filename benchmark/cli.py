@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML experiment file; flags override it")
     run.add_argument("--dataset", help="dataset name (default: shapes, built in)")
     run.add_argument("--data-root", help="folder holding the dataset in its official layout")
+    run.add_argument("--download", action="store_true",
+                     help="fetch the dataset into --data-root if it is missing (where a download exists)")
     run.add_argument("--learners", type=_csv(str), help="comma-separated learner names")
     run.add_argument("--modalities", type=_csv(str), help="e.g. image,text,image+text")
     run.add_argument("--fusions", type=_csv(str), help="fusions for multimodal settings, e.g. concat,attention")
@@ -109,8 +111,19 @@ def config_from_args(args: argparse.Namespace):
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(value)
+        current = getattr(cfg, parts[0], None)
+        if isinstance(current, dict) and len(parts) > 1:  # add to a mapping (dataset_options...), not replace it
+            nested = {parts[0]: _deep_update(dict(current), nested[parts[0]])}
         cfg = merge(cfg, nested, f"--set {key}")
+    if getattr(args, "download", False):
+        cfg = merge(cfg, {"dataset_options": {**cfg.dataset_options, "download": True}}, "--download")
     return cfg
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    for k, v in update.items():
+        base[k] = _deep_update(dict(base[k]), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

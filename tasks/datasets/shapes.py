@@ -237,8 +237,11 @@ class ShapesDataset:
 
     @staticmethod
     def load(data_root: str | None = None, n_classes: int = 240, items_per_class: int = 40,
-             image_size: int = 32, seed: int = 0) -> FewShotDataset:
-        """Load from the cache (``data_root`` or the user cache dir), generating it if needed."""
+             image_size: int = 32, seed: int = 0, download: bool = False) -> FewShotDataset:
+        """Load from the cache (``data_root`` or the user cache dir), generating it if needed.
+
+        ``download`` is accepted for a uniform loader API and ignored (nothing to download).
+        """
         root = Path(data_root) if data_root else cache_dir()
         stem = root / f"shapes-v{GENERATOR_VERSION}-c{n_classes}-i{items_per_class}-s{image_size}-seed{seed}"
         npz, meta = stem.with_suffix(".npz"), stem.with_suffix(".json")
