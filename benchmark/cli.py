@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config key, e.g. train.lr=0.0005 (value parsed as YAML)")
 
+    table = sub.add_parser("table", help="regenerate summary and paired-comparison tables from run folders")
+    table.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl)")
+    table.add_argument("--baseline", default="image", help="modality setting compared against (default: image)")
+    table.add_argument("--out", help="folder for comparison.csv/md (default: the first run folder)")
+
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("kind", choices=KINDS)
     ls.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'proto*'")
@@ -126,6 +131,24 @@ def _deep_update(base: dict, update: dict) -> dict:
     return base
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from benchmark.results import format_table, write_comparison, write_summary
+
+    dirs = [Path(d) for d in args.run_dirs]
+    for d in dirs:
+        if not (d / "rows.jsonl").exists():
+            raise BenchmarkError(f"{d} holds no rows.jsonl: give run folders written by `run_benchmark.py run`")
+        print(format_table(write_summary(d)))
+    comparison = write_comparison(dirs, Path(args.out) if args.out else dirs[0], args.baseline)
+    if comparison.empty:
+        print(f"(no {args.baseline}-only method to compare against)")
+    else:
+        print("\npaired differences vs " + args.baseline + " (percentage points, same episodes):")
+        print(comparison[["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "difference",
+                          "difference_ci95", "p_value"]].to_string(index=False))
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     import learners  # noqa: F401
     import tasks.datasets  # noqa: F401
@@ -170,7 +193,7 @@ def load_plugins(modules: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = {"run", "ls"}
+    commands = {"run", "ls", "table"}
     first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
     if first is None or argv[first] not in commands:
         if not any(a in ("-h", "--help") for a in argv[:1]):
@@ -183,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins(args.plugin)
         if args.command == "ls":
             return cmd_ls(args)
+        if args.command == "table":
+            return cmd_table(args)
         return cmd_run(args)
     except BenchmarkError as err:
         if args.debug:

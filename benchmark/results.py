@@ -111,3 +111,52 @@ def jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def compare_to_baseline(rows: pd.DataFrame, baseline: str = "image") -> pd.DataFrame:
+    """Paired comparison of every method against the same learner's ``baseline`` modality setting.
+
+    Pairs are per episode of one manifest (same ``manifest_sha256``), so the test
+    is a paired t-test on per-episode accuracy differences. Accuracies, the
+    mean difference and its 95% CI are in percent.
+    """
+    from benchmark.stats import paired_test
+
+    columns = ["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "ci95", "baseline",
+               "baseline_accuracy", "difference", "difference_ci95", "p_value", "n_episodes"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    acc = rows[rows["metric"] == "accuracy"]
+    out = []
+    for (learner, sha), group in acc.groupby(["learner", "manifest_sha256"], sort=False):
+        base = group[(group["modalities"] == baseline) & (group["fusion"] == "none")]
+        if base.empty:
+            continue
+        base_values = base.sort_values("episode")["value"].to_numpy()
+        for (fusion, modalities), method in group.groupby(["fusion", "modalities"], sort=False):
+            if modalities == baseline and fusion == "none":
+                continue
+            values = method.sort_values("episode")["value"].to_numpy()
+            if len(values) != len(base_values):
+                continue
+            test = paired_test(values, base_values)
+            mean, ci = mean_ci95(values)
+            first = method.iloc[0]
+            out.append({
+                "learner": learner, "fusion": fusion, "modalities": modalities, "n_way": int(first["n_way"]),
+                "n_shot": int(first["n_shot"]), "accuracy": round(100 * mean, 2), "ci95": round(100 * ci, 2),
+                "baseline": f"{learner}[{baseline}]", "baseline_accuracy": round(100 * float(base_values.mean()), 2),
+                "difference": round(100 * test.mean_difference, 2), "difference_ci95": round(100 * test.ci95, 2),
+                "p_value": float(f"{test.p_value:.3g}"), "n_episodes": test.n,
+            })
+    return pd.DataFrame(out, columns=columns)
+
+
+def write_comparison(run_dirs: list[Path], out_dir: Path, baseline: str = "image") -> pd.DataFrame:
+    """Write ``comparison.csv`` and ``comparison.md`` (paired tests vs ``baseline``) into ``out_dir``."""
+    rows = pd.concat([read_rows(Path(d) / "rows.jsonl") for d in run_dirs], ignore_index=True)
+    table = compare_to_baseline(rows, baseline)
+    if not table.empty:
+        atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
+        atomic_write_text(out_dir / "comparison.md", to_markdown(table))
+    return table

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from benchmark.config import ExperimentConfig, component_config, to_dict
 from benchmark.evaluate import evaluate
-from benchmark.results import append_rows, atomic_write_text, jsonable, read_rows, write_summary
+from benchmark.results import append_rows, atomic_write_text, jsonable, read_rows, write_comparison, write_summary
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from learners.registry import BACKBONES, FUSIONS
 from tasks.datasets import DATASETS, FewShotDataset, load_dataset
@@ -174,6 +174,7 @@ class Benchmark:
     def _load_data(self) -> None:
         cfg = self.cfg
         self.dataset: FewShotDataset = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        self._fit_to_dataset_modalities()
         self.samplers = {  # built now so impossible episodes fail before any training
             "train": EpisodeSampler(self.dataset, "train", cfg.train.way, cfg.train.shot, cfg.train.query),
         }
@@ -187,6 +188,46 @@ class Benchmark:
                     self.manifest_dir, self.dataset, "test", way, shot, cfg.eval.query, cfg.eval.episodes,
                     self.seeds["manifest"])
         self._text: dict[str, tuple] = {}
+
+    def _fit_to_dataset_modalities(self) -> None:
+        """Without captions, items show images only: drop item text from the task and skip text methods."""
+        if self.dataset.captions is not None:
+            return
+        if "text" in self.setting.support or "text" in self.setting.query:
+            log.info("dataset %r has no instance-level text: episodes show images only (class text stays "
+                     "available to learners such as am3)", self.cfg.dataset)
+            self.setting = TaskSetting(("image",), ("image",))
+        kept = [m for m in self.methods if "text" not in m.modalities]
+        for method in self.methods:
+            if method not in kept:
+                log.warning("skipping %s: dataset %r has no captions for the item text it needs",
+                            method.label, self.cfg.dataset)
+        if not kept:
+            raise UnsupportedSetting(
+                f"dataset {self.cfg.dataset!r} has no instance-level text, and every requested method needs it; "
+                "use --modalities image (with a class-text learner such as am3 for image+class text)"
+            )
+        self.methods = kept
+
+    def _preflight(self) -> None:
+        """Build every method once before any training, so impossible settings fail (or are skipped) early.
+
+        With several methods, one that cannot run in this task setting is skipped with a warning and
+        recorded in ``run.json``; if none can run, or only one was asked for, it is an error.
+        """
+        runnable, reasons = [], {}
+        for method in self.methods:
+            try:
+                self.build_learner(method)
+                runnable.append(method)
+            except UnsupportedSetting as err:
+                reasons[method.label] = str(err)
+        if reasons and (len(self.methods) == 1 or not runnable):
+            raise UnsupportedSetting("; ".join(f"{k}: {v}" for k, v in reasons.items()))
+        for label, reason in reasons.items():
+            log.warning("skipping %s: %s", label, reason)
+        self.skipped.update(reasons)
+        self.methods = runnable
 
     def _text_inputs(self) -> tuple:
         """(encoder factory, prepared item text, prepared class text), computed once per run."""
@@ -311,7 +352,7 @@ class Benchmark:
             "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)}
                           for (w, s), (m, p) in getattr(self, "test_manifests", {}).items()},
             "val_manifest_sha256": getattr(self, "val_manifest", None) and self.val_manifest.sha256,
-            "methods": self.method_records, "git_commit": git_commit(), "packages": package_versions(),
+            "methods": self.method_records, "skipped": getattr(self, "skipped", {}), "git_commit": git_commit(), "packages": package_versions(),
             "device": str(self.device), "torch_threads": torch.get_num_threads(),
             "host": platform.node(), "platform": platform.platform(),
             "wall_time_s": round(time.perf_counter() - start, 2),
@@ -324,6 +365,7 @@ class Benchmark:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.method_records: dict[str, dict] = {}
+        self.skipped: dict[str, str] = {}
         previous = self.run_dir / "run.json"
         if previous.exists():
             try:
@@ -338,6 +380,7 @@ class Benchmark:
         self._write_run_json("running", start)
         try:
             self._load_data()
+            self._preflight()
             for i, method in enumerate(self.methods, 1):
                 if method.slug in done:
                     log.info("[%d/%d] %s: already in %s, skipped", i, len(self.methods), method.label, rows_path)
@@ -354,5 +397,6 @@ class Benchmark:
             self._write_run_json("failed", start)
             raise
         table = write_summary(self.run_dir)
+        write_comparison([self.run_dir], self.run_dir)
         self._write_run_json("finished", start)
         return table

@@ -1,0 +1,142 @@
+"""The command line end to end on a tiny configuration, and its errors for bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--set", "dataset_options.n_classes=40", "--set", "dataset_options.items_per_class=20",
+    "--set", "backbone_options.hidden=8", "--set", "train.way=5", "--set", "train.val_every=2",
+    "--set", "train.val_episodes=3", "--train-episodes", "3", "--test-episodes", "8", "--queries", "5",
+    "--threads", "1",
+]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def only_run_dir(out: Path) -> Path:
+    dirs = [d for d in out.iterdir() if d.is_dir() and d.name != "manifests"]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def test_tiny_run_writes_every_output(tmp_path, capsys):
+    code, out, err = run_cli(TINY + ["--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    run_dir = only_run_dir(tmp_path)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    for column in ["learner", "fusion", "modalities", "dataset", "n_way", "n_shot", "n_query", "n_episodes",
+                   "accuracy", "ci95"]:
+        assert column in summary.columns
+    # default suite: image, text, concat, attention at 1 and 5 shots
+    assert len(summary) == 8 and set(summary["fusion"]) == {"none", "concat", "attention"}
+    assert set(summary["n_shot"]) == {1, 5} and (summary["n_episodes"] == 8).all()
+    assert summary["accuracy"].between(0, 100).all()
+    assert (run_dir / "summary.md").read_text().startswith("| learner")
+    record = json.loads((run_dir / "run.json").read_text())
+    for key in ("config", "seeds", "manifests", "git_commit", "packages", "device", "wall_time_s",
+                "peak_memory_mb", "status"):
+        assert key in record
+    assert record["status"] == "finished" and record["packages"]["torch"]
+    rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
+    assert {r["manifest_sha256"] for r in rows} == {m["sha256"] for m in record["manifests"].values()}
+    assert (run_dir / "comparison.csv").exists()
+    assert "accuracy % (95% CI)" in out  # the one-screen table
+
+
+def test_same_seed_gives_identical_numbers(tmp_path, capsys):
+    args = TINY + ["--modalities", "image+text", "--fusions", "attention", "--shots", "1"]
+    assert run_cli(args + ["--out", str(tmp_path / "a")], capsys)[0] == 0
+    assert run_cli(args + ["--out", str(tmp_path / "b")], capsys)[0] == 0
+    a = (only_run_dir(tmp_path / "a") / "rows.jsonl").read_text()
+    b = (only_run_dir(tmp_path / "b") / "rows.jsonl").read_text()
+    assert a == b
+    assert run_cli(args + ["--seed", "1", "--out", str(tmp_path / "c")], capsys)[0] == 0
+    assert (only_run_dir(tmp_path / "c") / "rows.jsonl").read_text() != a
+
+
+def test_query_without_text_runs_with_attention(tmp_path, capsys):
+    args = TINY + ["--modalities", "image+text", "--fusions", "attention", "--shots", "1",
+                   "--query-modalities", "image", "--out", str(tmp_path)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    summary = pd.read_csv(only_run_dir(tmp_path) / "summary.csv")
+    assert summary["setting"].tolist() == ["support=image+text,query=image"]
+
+
+def test_methods_that_cannot_run_in_the_setting_are_skipped_and_recorded(tmp_path, capsys):
+    args = TINY + ["--shots", "1", "--query-modalities", "image", "--out", str(tmp_path)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    run_dir = only_run_dir(tmp_path)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert set(zip(summary["modalities"], summary["fusion"])) == {("image", "none"), ("image+text", "attention")}
+    skipped = json.loads((run_dir / "run.json").read_text())["skipped"]
+    assert set(skipped) == {"protonet[text]", "protonet[image+text/concat]"}
+
+
+def _yaml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _not_a_dir(tmp_path: Path) -> str:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    return str(blocker / "out")
+
+
+BAD_INPUTS = [
+    ("n_way above the classes of a split", ["--ways", "11"], "n_way=11 is larger than the 10 classes"),
+    ("K+Q above the items of a class", ["--shots", "10", "--queries", "15"], "exceeds the items"),
+    ("unknown learner", ["--learners", "protonett"], "unknown learner 'protonett'. Did you mean 'protonet'"),
+    ("unknown fusion", ["--fusions", "atention"], "unknown fusion 'atention'. Did you mean 'attention'"),
+    ("unknown dataset", ["--dataset", "shape"], "unknown dataset 'shape'. Did you mean 'shapes'"),
+    ("unknown config key", lambda p: ["--config", _yaml(p, "train:\n  wya: 5\n")],
+     "unknown key 'wya'. Did you mean 'way'"),
+    ("wrong type", lambda p: ["--config", _yaml(p, "seed: abc\n")], "seed: expected an integer"),
+    ("out of range", ["--set", "train.shot=0"], "train.shot=0 is out of range"),
+    ("negative learning rate", ["--set", "train.lr=-1"], "train.lr=-1.0 is out of range"),
+    ("unwritable --out", lambda p: ["--out", _not_a_dir(p)], "cannot write to the output directory"),
+    ("concat without query text", ["--modalities", "image+text", "--fusions", "concat", "--query-modalities",
+                                   "image"], "query side shows only image.*fusion 'concat'"),
+    ("text-only learner without query text", ["--modalities", "text", "--query-modalities", "image"],
+     "the query side shows image but this model uses only text"),
+]
+
+
+@pytest.mark.parametrize("name,extra,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gives_a_clear_error_and_exit_2(tmp_path, capsys, name, extra, message):
+    import re
+
+    extra = extra(tmp_path) if callable(extra) else extra
+    args = TINY + ["--out", str(tmp_path / "runs")] + extra
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert re.search(message, err), err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_entry_point_ls_and_help():
+    ls = subprocess.run([sys.executable, "run_benchmark.py", "ls", "learners"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+    assert ls.returncode == 0 and "protonet" in ls.stdout
+    fusions = subprocess.run([sys.executable, "run_benchmark.py", "ls", "fusions", "a*"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert fusions.stdout.split()[0] == "attention"
+    bad = subprocess.run([sys.executable, "run_benchmark.py", "--learners", "nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown learner 'nope'" in bad.stderr and "Traceback" not in bad.stderr
