@@ -5,6 +5,7 @@ it, so a fixed test manifest is just a list of specs.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,7 +134,9 @@ class EpisodeLoader:
 
     def __init__(self, images: np.ndarray | Tensor, mean, std, item_text: Tensor | None = None,
                  class_text: Tensor | None = None, setting: TaskSetting = TaskSetting()) -> None:
-        self.images = torch.as_tensor(images)
+        with warnings.catch_warnings():  # a read-only memory map is fine: images are only ever indexed
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.images = torch.as_tensor(images)
         c = self.images.shape[1]
         self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, c, 1, 1)
         self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, c, 1, 1)

@@ -278,3 +278,36 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def save_figure(path: str | Path, seed: int = 0, n_images: int = 6) -> Path:
+    """Draw a few classes (a shared look, a shared story) with their captions into a PNG."""
+    from PIL import Image, ImageDraw
+
+    data = ShapesDataset.load(seed=seed)
+    attrs = data.info["attributes"]
+    first = attrs[0]
+    same_look = [c for c, a in enumerate(attrs) if (a["shape"], a["colour"], a["pattern"]) ==
+                 (first["shape"], first["colour"], first["pattern"])][:3]
+    same_story = [c for c, a in enumerate(attrs) if (a["shape"], a["material"], a["place"]) ==
+                  (first["shape"], first["material"], first["place"]) and c not in same_look][:2]
+    classes = same_look + same_story
+    scale, pad, text_w = 3, 4, 560
+    size = data.image_shape[1] * scale
+    canvas = Image.new("RGB", (n_images * (size + pad) + text_w, len(classes) * (size + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    items = data.items_by_class()
+    for row, c in enumerate(classes):
+        y = row * (size + pad)
+        for col, i in enumerate(items[c][:n_images]):
+            img = Image.fromarray(data.images[i].transpose(1, 2, 0)).resize((size, size), Image.NEAREST)
+            canvas.paste(img, (col * (size + pad), y))
+        x = n_images * (size + pad) + 8
+        draw.text((x, y + 4), f"class: {data.class_names[c]}", fill="black")
+        draw.text((x, y + 22), f"class text: {data.class_texts[c]}", fill="navy")
+        draw.text((x, y + 40), f"caption: {data.captions[items[c][0]]}", fill="darkgreen")
+        draw.text((x, y + 58), f"caption: {data.captions[items[c][1]]}", fill="darkgreen")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
