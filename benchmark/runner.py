@@ -140,7 +140,7 @@ def prepare_output(out: str, run_id: str) -> Path:
     run_dir = Path(out) / run_id
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test.{os.getpid()}"  # per process: concurrent runs may probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:

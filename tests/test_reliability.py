@@ -16,6 +16,7 @@ from benchmark.checkpoint import RunLock, load_checkpoint, save_checkpoint
 from benchmark.cli import config_from_args, build_parser, main
 from benchmark.results import read_rows
 from benchmark.runner import Benchmark
+from tasks.errors import BenchmarkError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +102,25 @@ def test_killed_sweep_skips_finished_cells(tmp_path):
     assert again.returncode == 0 and (folder / "rows.jsonl").read_bytes() == files_of(folder)["rows.jsonl"]
 
 
+@pytest.mark.slow
+def test_concurrent_runs_into_one_out_dir(tmp_path):
+    """Two identical runs and a different one at once: no corruption, no duplicated cells."""
+    args = ["--learners", "protonet", "--modalities", "image"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "run_benchmark.py", *tiny_args(tmp_path, *args, "--seed", seed)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in ("0", "0", "1")]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    assert results[2][0] == 0, results[2][1]
+    codes = sorted(code for code, _ in results[:2])
+    assert codes in ([0, 0], [0, 2]), results
+    if codes == [0, 2]:
+        assert any("another process (pid" in err for _, err in results[:2])
+    for folder in (p for p in tmp_path.iterdir() if p.name != "manifests"):
+        rows = read_rows(folder / "rows.jsonl")
+        assert len(rows) == 4 * 2 and not rows.duplicated(["episode", "metric"]).any()
+
+
 # -- in-process runs: NaN, lock, checkpoints, full disk ------------------------------------------
 def test_same_seed_same_numbers_in_process(tmp_path):
     args = ["--learners", "protonet", "--modalities", "image"]
@@ -170,7 +190,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     set_rng_state(other, load_checkpoint(path)["rng"])
     assert np.array_equal(other.random(3), expected)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception, match="cannot read checkpoint"):
+    with pytest.raises(BenchmarkError, match="cannot read checkpoint"):
         load_checkpoint(path)
 
 
