@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -156,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import Benchmark
 
     start = time.perf_counter()
+    signal.signal(signal.SIGTERM, _terminated)  # a pre-empted job: stop like Ctrl-C (run.json says so)
     if args.deterministic:
         set_deterministic()
     bench = Benchmark(config_from_args(args), resume=args.resume)
@@ -165,6 +167,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nresults: {bench.run_dir}/summary.md  (rows.jsonl, run.json)  "
           f"wall time {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def set_deterministic() -> None:
@@ -221,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot access{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished methods are saved in the run folder; rerun the same command to continue",
+        print("interrupted: finished methods and the last training checkpoint are kept in the run folder; "
+              "rerun the same command to continue",
               file=sys.stderr)
         return 130
     except Exception as err:  # an internal error: a short message, the traceback with --debug
