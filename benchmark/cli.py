@@ -157,12 +157,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import Benchmark
 
     start = time.perf_counter()
-    signal.signal(signal.SIGTERM, _terminated)  # a pre-empted job: stop like Ctrl-C (run.json says so)
     if args.deterministic:
         set_deterministic()
     bench = Benchmark(config_from_args(args), resume=args.resume)
     log.info("run %s: %d methods, writing to %s", bench.run_id, len(bench.methods), bench.run_dir)
-    table = bench.run()
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a pre-empted job: stop like Ctrl-C (run.json says so)
+    try:
+        table = bench.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_table(table))
     print(f"\nresults: {bench.run_dir}/summary.md  (rows.jsonl, run.json)  "
           f"wall time {time.perf_counter() - start:.0f} s")
