@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ examples:
       --query-modalities image                 # queries without text
   python run_benchmark.py --config benchmark/configs/shapes_default.yaml --set train.lr=0.0005
   python run_benchmark.py ls learners          # what is registered ('ls fusions', 'ls datasets', ...)
+
+An interrupted run continues where it stopped when the same command is run again
+(finished methods are kept, training resumes from its last checkpoint); --no-resume starts over.
 """
 
 KINDS = ("learners", "fusions", "backbones", "text_encoders", "datasets")
@@ -69,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory; each run writes a subfolder (default: runs)")
     run.add_argument("--device", help="cpu, cuda, cuda:N")
     run.add_argument("--threads", type=int, help="torch CPU threads")
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="continue an unfinished run of the same config in --out from its finished methods and "
+                          "last training checkpoint (default); --no-resume moves earlier results of this run "
+                          "aside (to <run>/replaced-<time>/) and starts over")
+    run.add_argument("--deterministic", action="store_true",
+                     help="use deterministic algorithms only (torch.use_deterministic_algorithms, "
+                          "CUBLAS_WORKSPACE_CONFIG=:4096:8): bit-identical GPU reruns, somewhat slower; "
+                          "CPU runs are deterministic without it")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config key, e.g. train.lr=0.0005 (value parsed as YAML)")
 
@@ -168,13 +180,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import Benchmark
 
     start = time.perf_counter()
-    bench = Benchmark(config_from_args(args))
+    if args.deterministic:
+        set_deterministic()
+    bench = Benchmark(config_from_args(args), resume=args.resume)
     log.info("run %s: %d methods, writing to %s", bench.run_id, len(bench.methods), bench.run_dir)
-    table = bench.run()
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a pre-empted job: stop like Ctrl-C (run.json says so)
+    try:
+        table = bench.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_table(table))
     print(f"\nresults: {bench.run_dir}/summary.md  (rows.jsonl, run.json)  "
           f"wall time {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def set_deterministic() -> None:
+    """Make GPU runs bit-reproducible: deterministic kernels only (an error names any op without one)."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must be set before cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def load_plugins(modules: list[str]) -> None:
@@ -214,8 +248,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file the user pointed at, or the disk: their environment, not a bug
+        if args.debug:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot access{where}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: finished methods are saved in the run folder; rerun the same command to continue",
+        print("interrupted: finished methods and the last training checkpoint are kept in the run folder; "
+              "rerun the same command to continue",
               file=sys.stderr)
         return 130
     except Exception as err:  # an internal error: a short message, the traceback with --debug

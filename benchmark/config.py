@@ -35,6 +35,7 @@ class TrainConfig:
     val_way: int = 5
     val_shot: int = 1
     val_query: int = 15
+    checkpoint_every: int = 100  # save a resumable training state every this many steps (0: off)
 
 
 @dataclass
@@ -80,7 +81,8 @@ class ExperimentConfig:
             ("train.meta_batch", self.train.meta_batch, 1), ("train.val_every", self.train.val_every, 1),
             ("train.val_episodes", self.train.val_episodes, 1), ("train.val_way", self.train.val_way, 2),
             ("train.val_shot", self.train.val_shot, 1), ("train.val_query", self.train.val_query, 1),
-            ("train.lr_decay_every", self.train.lr_decay_every, 0), ("eval.query", self.eval.query, 1),
+            ("train.lr_decay_every", self.train.lr_decay_every, 0),
+            ("train.checkpoint_every", self.train.checkpoint_every, 0), ("eval.query", self.eval.query, 1),
             ("eval.episodes", self.eval.episodes, 1), ("threads", self.threads, 0),
         ]
         checks += [("eval.ways", w, 2) for w in self.eval.ways] + [("eval.shots", s, 1) for s in self.eval.shots]
@@ -88,7 +90,7 @@ class ExperimentConfig:
             if value < low:
                 raise BenchmarkError(f"config value {key}={value} is out of range: it must be >= {low}")
         for key, value in (("train.lr", self.train.lr),):
-            if not value > 0:
+            if not 0 < value < float("inf"):
                 raise BenchmarkError(f"config value {key}={value} is out of range: it must be > 0")
         for key, value in (("train.weight_decay", self.train.weight_decay), ("train.grad_clip", self.train.grad_clip)):
             if value < 0:

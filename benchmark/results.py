@@ -6,15 +6,20 @@ Layout of one run directory::
     <out>/<run_id>/run.json        resolved config, seeds, manifest hashes, versions, timings
     <out>/<run_id>/summary.csv     generated from rows.jsonl, never edited by hand
     <out>/<run_id>/summary.md
-    <out>/<run_id>/checkpoints/    best model of each method
+    <out>/<run_id>/checkpoints/    best model of each method (<slug>.pt) and, while a method
+                                   trains, its resumable training state (<slug>.train.pt)
+    <out>/<run_id>/.lock           held (flock) by the process writing the run folder
     <out>/manifests/               fixed test episodes, shared by every run in <out>
 
-Every file except ``rows.jsonl`` is written atomically (temporary file, then
-rename). Rows of a method are appended in one write and flushed when the
-method has finished, so an interrupt never loses a finished method.
+Every file is written atomically (temporary file, ``fsync``, then rename):
+``rows.jsonl`` gets all rows of a method at once when the method has finished,
+so it always holds whole methods, and an interrupt never loses a finished one.
+A write that fails (full disk, read-only folder) raises a :class:`BenchmarkError`
+and leaves the previous contents in place.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -23,25 +28,71 @@ import numpy as np
 import pandas as pd
 
 from benchmark.stats import mean_ci95
+from tasks.errors import BenchmarkError
 
 SUMMARY_KEYS = ["learner", "fusion", "modalities", "setting", "dataset", "n_way", "n_shot", "n_query"]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def write_error(path: Path, err: OSError) -> BenchmarkError:
+    """A user-facing error for a failed write (full disk, read-only or unwritable folder)."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "permission denied"}.get(err.errno, err.strerror or str(err))
+    return BenchmarkError(
+        f"cannot write {path}: {reason}. Files written before are intact (finished methods and the last "
+        "checkpoint); free space or choose another --out, then rerun the same command to continue"
+    )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    Raises:
+        BenchmarkError: the write failed (e.g. ``ENOSPC``); ``path`` keeps its previous contents.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise write_error(path, err) from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def _complete_lines(path: Path) -> bytes:
+    """The contents of ``path`` up to its last newline (drops a partial line left by a crash)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    except OSError as err:
+        raise BenchmarkError(f"cannot read {path}: {err.strerror or err}") from None
+    return data[: data.rfind(b"\n") + 1]
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append rows as JSON lines in one write, then flush to disk."""
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    """Add rows (all rows of one finished method) to a JSONL file, atomically.
+
+    The file is rewritten through a temporary file and ``os.replace``, so it always
+    holds whole methods: a kill or a full disk during the write leaves the previous
+    rows untouched, and a method is either entirely in the file or not at all.
+    Concurrent writers are excluded by the run-folder lock (:class:`benchmark.checkpoint.RunLock`).
+    """
+    path = Path(path)
+    new = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    atomic_write_bytes(path, _complete_lines(path) + new)
 
 
 def read_rows(path: Path) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import resource
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.checkpoint import RunLock, check_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from benchmark.config import ExperimentConfig, component_config, to_dict
 from benchmark.evaluate import evaluate
-from benchmark.results import append_rows, atomic_write_text, jsonable, read_rows, write_comparison, write_summary
+from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
+                               write_comparison, write_summary)
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from learners.registry import BACKBONES, FUSIONS
 from tasks.datasets import DATASETS, FewShotDataset, load_dataset
@@ -88,6 +91,7 @@ def config_hash(cfg: ExperimentConfig) -> str:
     data = to_dict(cfg)
     for key in ("out", "device", "threads"):
         data.pop(key)
+    data["train"].pop("checkpoint_every")  # where training may resume from, not what it computes
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -137,7 +141,7 @@ def prepare_output(out: str, run_id: str) -> Path:
     run_dir = Path(out) / run_id
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test.{os.getpid()}"  # per process: concurrent runs may probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
@@ -156,8 +160,9 @@ def peak_memory_mb(device: torch.device) -> float:
 class Benchmark:
     """Runs an :class:`ExperimentConfig` end to end. ``run()`` returns the summary table."""
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    def __init__(self, cfg: ExperimentConfig, resume: bool = True) -> None:
         self.cfg = cfg.validate()
+        self.resume = resume  # continue from training checkpoints of an unfinished run (else start over)
         check_names(cfg)
         self.methods = expand_methods(cfg)
         if not self.methods:
@@ -276,7 +281,16 @@ class Benchmark:
             raise BenchmarkError(f"options for {method.label}: {err}") from None
 
     def train(self, learner: Learner, method: Method) -> dict:
-        """Episodic meta-training with validation-based model selection; keeps the best state."""
+        """Episodic meta-training with validation-based model selection; keeps the best state.
+
+        Every ``train.checkpoint_every`` steps the whole training state is saved to
+        ``checkpoints/<slug>.train.pt``; with ``resume`` a later run continues from it and
+        computes exactly what an uninterrupted run computes (see :mod:`benchmark.checkpoint`).
+
+        Raises:
+            BenchmarkError: a non-finite loss (names the step, the learner and the last finite
+                loss; the last good checkpoint is kept), or an unusable checkpoint.
+        """
         cfg = self.cfg.train
         params = [p for p in learner.parameters() if p.requires_grad]
         history = {"best_step": 0, "best_val_accuracy": None, "val": []}
@@ -288,15 +302,27 @@ class Benchmark:
                      if cfg.lr_decay_every else None)
         rng = np.random.default_rng(self.seeds["train_episodes"])
         best_state, best = copy.deepcopy(learner.state_dict()), -1.0
-        bar = tqdm(range(1, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
+        path = self.train_checkpoint(method)
+        first, saved, last_loss = 1, None, None
+        if self.resume and path.exists():
+            first, best, best_state, history, last_loss = self._restore(path, learner, optimiser, scheduler, rng)
+            saved = first - 1
+            log.info("%s: resuming from step %d of %d (%s)", method.label, saved, cfg.episodes, path)
+        kill_at = _test_kill_step(method)
+        bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
         for step in bar:
             learner.train()
             episodes = [loader.load(self.samplers["train"].sample(rng, step)).to(self.device)
                         for _ in range(cfg.meta_batch)]
             loss = learner.loss(episodes)
             if not torch.isfinite(loss):
-                raise BenchmarkError(f"{method.label}: the training loss became {loss.item()} at step {step}; "
-                                     "lower train.lr or set train.grad_clip")
+                kept = (f"the last good checkpoint (step {saved}) is kept in {path}" if saved else
+                        "no checkpoint was saved yet")
+                raise BenchmarkError(
+                    f"{method.label}: the training loss became {loss.item()} at step {step} (last finite loss "
+                    f"{'none' if last_loss is None else f'{last_loss:.6g}'}); {kept}. "
+                    "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)")
+            last_loss = float(loss.item())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -306,23 +332,66 @@ class Benchmark:
                 scheduler.step()
             if step % cfg.val_every == 0 or step == cfg.episodes:
                 val = float(evaluate(learner, loader, self.val_manifest, self.device)["accuracy"].mean())
-                history["val"].append({"step": step, "loss": float(loss.item()), "val_accuracy": val})
-                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{100 * val:.1f}")
+                history["val"].append({"step": step, "loss": last_loss, "val_accuracy": val})
+                bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{100 * val:.1f}")
                 if val > best:
                     best, best_state = val, copy.deepcopy(learner.state_dict())
                     history.update(best_step=step, best_val_accuracy=val)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes:
+                save_checkpoint(path, {
+                    "method": method.slug, "step": step, "model": learner.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": rng_state(rng, self.device), "best": best, "best_state": best_state,
+                    "history": history, "last_loss": last_loss,
+                })
+                saved = step
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook (MMFS_TEST_KILL_AT_STEP): die like an OOM kill
         learner.load_state_dict(best_state)
         return history
 
+    def train_checkpoint(self, method: Method) -> Path:
+        """Where the resumable training state of ``method`` is kept while it trains."""
+        return self.run_dir / "checkpoints" / f"{method.slug}.train.pt"
+
+    def _restore(self, path: Path, learner: Learner, optimiser, scheduler, rng: np.random.Generator):
+        """Load a training checkpoint into the learner, optimiser, scheduler and generators."""
+        state = load_checkpoint(path)
+        try:
+            step, best, history = int(state["step"]), float(state["best"]), state["history"]
+            model, best_state, last_loss = state["model"], state["best_state"], state["last_loss"]
+            check_state_dict(learner, model, f"checkpoint {path}")
+            check_state_dict(learner, best_state, f"checkpoint {path} (best state)")
+            learner.load_state_dict(model)
+            optimiser.load_state_dict(state["optimiser"])
+            if (scheduler is None) != (state["scheduler"] is None):
+                raise ValueError("the learning-rate schedule differs")
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(rng, state["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise BenchmarkError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {err}); "
+                                 "delete it or use --no-resume to train this method from scratch") from None
+        if step >= self.cfg.train.episodes:
+            raise BenchmarkError(f"checkpoint {path} is at step {step}, beyond train.episodes="
+                                 f"{self.cfg.train.episodes}; delete it or use --no-resume")
+        return step + 1, best, best_state, history, last_loss
+
     def run_method(self, method: Method) -> list[dict]:
         start = time.perf_counter()
+        try:
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        except OSError as err:
+            raise BenchmarkError(f"cannot create {self.run_dir / 'checkpoints'}: {err.strerror or err}") from None
         learner = self.build_learner(method)
         history = self.train(learner, method)
         checkpoint = self.run_dir / "checkpoints" / f"{method.slug}.pt"
-        checkpoint.parent.mkdir(exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(learner.state_dict(), tmp)
-        os.replace(tmp, checkpoint)
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(learner.state_dict(), buffer)
+        atomic_write_bytes(checkpoint, buffer.getvalue())
         loader = self._loader(self.setting)
         rows = []
         for (way, shot), (manifest, _) in self.test_manifests.items():
@@ -354,6 +423,7 @@ class Benchmark:
             "val_manifest_sha256": getattr(self, "val_manifest", None) and self.val_manifest.sha256,
             "methods": self.method_records, "skipped": getattr(self, "skipped", {}), "git_commit": git_commit(), "packages": package_versions(),
             "device": str(self.device), "torch_threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "host": platform.node(), "platform": platform.platform(),
             "wall_time_s": round(time.perf_counter() - start, 2),
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
@@ -361,6 +431,32 @@ class Benchmark:
         atomic_write_text(self.run_dir / "run.json", json.dumps(record, indent=2, default=jsonable))
 
     def run(self) -> pd.DataFrame:
+        """Run every method not yet in ``rows.jsonl``, holding the run-folder lock.
+
+        Raises:
+            BenchmarkError: another process holds the lock (the same config into the same --out).
+        """
+        with RunLock(self.run_dir):
+            if not self.resume:
+                self._set_aside_previous()
+            return self._run()
+
+    def _set_aside_previous(self) -> None:
+        """``--no-resume``: move earlier results and checkpoints of this run to ``replaced-<time>/``."""
+        names = [n for n in ("rows.jsonl", "summary.csv", "summary.md", "run.json", "checkpoints")
+                 if (self.run_dir / n).exists()]
+        if not names:
+            return
+        backup = self.run_dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+        try:
+            backup.mkdir()
+            for name in names:
+                os.replace(self.run_dir / name, backup / name)
+        except OSError as err:
+            raise BenchmarkError(f"cannot move earlier results of {self.run_dir} aside: {err}") from None
+        log.info("--no-resume: earlier results of this run moved to %s", backup)
+
+    def _run(self) -> pd.DataFrame:
         start = time.perf_counter()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -387,16 +483,34 @@ class Benchmark:
                     continue
                 log.info("[%d/%d] %s", i, len(self.methods), method.label)
                 rows = self.run_method(method)
-                append_rows(rows_path, rows)
+                append_rows(rows_path, rows)  # atomic: the method is in the file entirely or not at all
+                done.add(method.slug)
+                self.train_checkpoint(method).unlink(missing_ok=True)  # finished: its rows are the record
                 write_summary(self.run_dir)
                 self._write_run_json("running", start)
         except KeyboardInterrupt:
-            self._write_run_json("interrupted", start)
+            self._write_run_json_quietly("interrupted", start)
             raise
         except BaseException:
-            self._write_run_json("failed", start)
+            self._write_run_json_quietly("failed", start)
             raise
         table = write_summary(self.run_dir)
         write_comparison([self.run_dir], self.run_dir)
         self._write_run_json("finished", start)
         return table
+
+    def _write_run_json_quietly(self, status: str, start: float) -> None:
+        """Record the status on the way out, without hiding the original error (e.g. a full disk)."""
+        try:
+            self._write_run_json(status, start)
+        except BenchmarkError as err:
+            log.warning("could not update run.json: %s", err)
+
+
+def _test_kill_step(method: Method) -> int | None:
+    """Test hook: ``MMFS_TEST_KILL_AT_STEP=N`` or ``SLUG:N`` SIGKILLs this process after step N."""
+    value = os.environ.get("MMFS_TEST_KILL_AT_STEP", "")
+    if not value:
+        return None
+    slug, _, step = value.rpartition(":")
+    return int(step) if slug in ("", method.slug) else None

@@ -31,6 +31,12 @@ class Conv4(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], hidden: int = 64, strided: bool = False) -> None:
         super().__init__()
         c = image_shape[0]
+        if not strided and min(image_shape[1:]) < 16:
+            from tasks.errors import BenchmarkError
+
+            raise BenchmarkError(f"backbone conv4 pools four times and needs images of at least 16x16, got "
+                                 f"{image_shape[1]}x{image_shape[2]}; use larger images (e.g. --set "
+                                 "dataset_options.image_size=28) or backbone_options.strided=true")
         self.blocks = nn.Sequential(*[_block(c if i == 0 else hidden, hidden, strided) for i in range(4)])
         with torch.no_grad():
             self.out_dim = int(self.blocks(torch.zeros(2, *image_shape)).flatten(1).shape[1])

@@ -92,7 +92,7 @@ class EpisodeManifest:
         """Write atomically as JSON with its sha256 alongside the contents."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent runs may write the same manifest
         tmp.write_text(json.dumps({"sha256": self.sha256, **self.to_json()}))
         os.replace(tmp, path)
         return path

@@ -47,6 +47,10 @@ class FewShotDataset:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.images, np.ndarray) and not self.images.flags.c_contiguous:
+            # one memory layout whatever the source (freshly generated or loaded from a cache): torch
+            # kernels may sum in another order for other strides, and numbers must not depend on that
+            object.__setattr__(self, "images", np.ascontiguousarray(self.images))
         n = len(self.labels)
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or len(self.images) != n:
             raise ValueError(
