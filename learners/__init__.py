@@ -1,5 +1,5 @@
 """Learners, backbones, text encoders and fusions; importing this registers the built-ins."""
-from learners import backbones, fusions, protonet, text  # noqa: F401  (register components)
+from learners import anil, backbones, fusions, maml, protonet, text  # noqa: F401  (register components)
 from learners.base import Learner
 from learners.encoder import ModelSpec, MultimodalEncoder
 from learners.registry import BACKBONES, FUSIONS, LEARNERS, TEXT_ENCODERS
