@@ -34,13 +34,12 @@ class MAML(Learner):
     the current forward batch (support or query) in every forward, also at test
     time. ``batch_norm="running"`` keeps running statistics and uses them at test.
 
-    The inner loops of a meta-batch's tasks run as one ``torch.func.vmap`` (the
-    first support forward is one dense batch through the shared meta-parameters);
-    ``batched=False``, gradient checkpointing, running batch-norm statistics or more
-    than one inner step use a plain per-task loop. Both give the same gradients
-    (tested). With two or more inner steps, ``vmap`` over ``torch.func.grad`` gave
-    second-order meta-gradients that disagree with finite differences (torch 2.14),
-    so the batched path is limited to one inner step.
+    Tasks run in a per-task loop. Batching the tasks of a meta-batch with
+    ``torch.func.vmap`` (whole task, or only the inner loop) was measured and not
+    kept: on the 2-core CPU it was 0.45x-1.14x the loop's speed, and ``vmap`` over
+    ``torch.func.grad`` composed with outer autograd gave second-order
+    meta-gradients that disagree with finite differences (torch 2.14) for a learned
+    head or two or more inner steps.
 
     Args (``Config``):
         train_steps, train_step_size: inner loop during meta-training.
@@ -52,8 +51,7 @@ class MAML(Learner):
             ``nn.Linear(D, n_way)`` with PyTorch's default initialisation, as in the paper.
         n_way: outputs of the learned head (``head="learned"`` only; episodes must match).
         checkpoint: recompute each inner step in the backward pass (gradient checkpointing) to
-            save memory with many inner steps (per-task loop only).
-        batched: batch the tasks of a meta-batch with ``vmap`` when possible.
+            save memory with many inner steps.
     """
 
     @dataclasses.dataclass
@@ -67,7 +65,6 @@ class MAML(Learner):
         head: str = "zero"
         n_way: int = 5
         checkpoint: bool = False
-        batched: bool = True
 
         def __post_init__(self) -> None:
             if self.batch_norm not in ("transductive", "running"):
@@ -153,22 +150,6 @@ class MAML(Learner):
         grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
         return tuple(params[n] - step_size * g for n, g in zip(names, grads))
 
-    def _functional_inner_loop(self, params: Params, support: Mapping[str, Tensor], labels: Tensor,
-                               steps: int, step_size: float) -> Params:
-        """The same inner loop with ``torch.func.grad`` (composable with ``vmap``)."""
-        inner = {n: p for n, p in params.items() if self.is_inner(n)}
-        fixed = {n: p for n, p in params.items() if n not in inner}
-
-        def support_loss(adapted: Params) -> Tensor:
-            return F.cross_entropy(self.logits({**fixed, **adapted}, support), labels)
-
-        for _ in range(steps):
-            grads = torch.func.grad(support_loss)(inner)
-            if self.config.first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
-            inner = {n: p - step_size * grads[n] for n, p in inner.items()}
-        return {**fixed, **inner}
-
     # -- learner API -----------------------------------------------------------------------------
     def adapt(self, episode: Episode) -> Params:
         """Adapted parameters (detached) after the inner loop on the support set."""
@@ -188,43 +169,8 @@ class MAML(Learner):
                                  steps, step_size, create_graph=not self.config.first_order)
         return F.cross_entropy(self.logits(params, episode.query), episode.query_labels)
 
-    def can_batch(self, episodes: Sequence[Episode]) -> bool:
-        """Whether ``episodes`` can run as one ``vmap`` (same shapes, one inner step, batch statistics)."""
-        if not (self.config.batched and self.transductive and len(episodes) > 1 and not self.config.checkpoint
-                and self._steps()[0] == 1):
-            return False
-        first = episodes[0]
-        same = lambda a, b: a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)  # noqa: E731
-        return all(same(e.support, first.support) and same(e.query, first.query)
-                   and e.support_labels.shape == first.support_labels.shape
-                   and e.query_labels.shape == first.query_labels.shape and e.n_way == first.n_way
-                   for e in episodes)
-
-    def batched_task_losses(self, episodes: Sequence[Episode]) -> Tensor:
-        """Query losses ``[T]``: the inner loops of all tasks as one ``torch.func.vmap``.
-
-        Only the inner loop is batched (its first forward runs every support set as one dense
-        batch through the shared meta-parameters); the query losses are then computed task by
-        task, which measured faster on CPU than a grouped (vmapped) query forward.
-        """
-        steps, step_size = self._steps()
-        params = self.initial_params(episodes[0].n_way)
-        support = {k: torch.stack([e.support[k] for e in episodes]) for k in episodes[0].support}
-        labels = torch.stack([e.support_labels for e in episodes])
-
-        def inner(support: dict, labels: Tensor) -> Params:
-            adapted = self._functional_inner_loop(params, support, labels, steps, step_size)
-            return {n: p for n, p in adapted.items() if self.is_inner(n)}
-
-        adapted = torch.func.vmap(inner)(support, labels)
-        losses = [F.cross_entropy(self.logits({**params, **{n: p[i] for n, p in adapted.items()}}, e.query),
-                                  e.query_labels) for i, e in enumerate(episodes)]
-        return torch.stack(losses)
-
     def loss(self, episodes: Sequence[Episode]) -> Tensor:
         """Meta-loss: the query loss after adaptation, averaged over the meta-batch."""
-        if self.can_batch(episodes):
-            return self.batched_task_losses(episodes).mean()
         return torch.stack([self.task_loss(e) for e in episodes]).mean()
 
 
