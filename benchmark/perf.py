@@ -171,9 +171,9 @@ def reference_maml_backward(learner: MAML, batch: Sequence[Episode], steps: int,
 # -- cases --------------------------------------------------------------------------------------
 def case_sampling(device: torch.device, repeats: int) -> dict:
     out = {}
-    for label, shape, per_class, way, shot, query in (("omniglot_28x28x1", (1, 28, 28), 20, 60, 5, 5),
-                                                      ("miniimagenet_84x84x3", (3, 84, 84), 40, 5, 5, 15)):
-        data = random_dataset(shape, 96, per_class)
+    for label, shape, per_class, way, shot, query, classes in (("omniglot_28x28x1", (1, 28, 28), 20, 60, 5, 5, 200),
+                                                      ("miniimagenet_84x84x3", (3, 84, 84), 25, 5, 5, 15, 60)):
+        data = random_dataset(shape, classes, per_class)
         sampler = EpisodeSampler(data, "train", way, shot, query)
         loader = EpisodeLoader(data.images, data.mean, data.std, setting=IMAGE)
         rng = np.random.default_rng(0)
@@ -196,7 +196,7 @@ def case_sampling(device: torch.device, repeats: int) -> dict:
 
 
 def case_protonet_train(device: torch.device, repeats: int) -> dict:
-    data = random_dataset((1, 28, 28), 96, 20)
+    data = random_dataset((1, 28, 28), 200, 20)
     batch_pool = episodes(data, "train", 60, 5, 5, 4, device)
     learner = build("protonet", (1, 28, 28), device)
     optimiser = torch.optim.Adam(learner.parameters(), lr=1e-3)
@@ -207,7 +207,7 @@ def case_protonet_train(device: torch.device, repeats: int) -> dict:
 
 
 def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch: int = 32) -> dict:
-    data = random_dataset((1, 28, 28), 96, 20)
+    data = random_dataset((1, 28, 28), 200, 20)
     batch = episodes(data, "train", 5, 1, 15, meta_batch, device)
     learner = build("maml", (1, 28, 28), device, strided=True, first_order=first_order, train_steps=1)
     learner.train()
@@ -240,7 +240,7 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
 def case_eval(device: torch.device, n_episodes: int) -> dict:
     from benchmark.evaluate import evaluate
 
-    data = random_dataset((1, 28, 28), 96, 20)
+    data = random_dataset((1, 28, 28), 200, 20)
     manifest = EpisodeManifest.generate(data, "test", 5, 1, 15, n_episodes, seed=0)
     loader = EpisodeLoader(data.images, data.mean, data.std, setting=IMAGE)
     out = {}
@@ -267,7 +267,7 @@ def case_eval(device: torch.device, n_episodes: int) -> dict:
 def case_flops(device: torch.device, repeats: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    data = random_dataset((1, 28, 28), 96, 20)
+    data = random_dataset((1, 28, 28), 200, 20)
     batch = episodes(data, "train", 60, 5, 5, 1, device)
     learner = build("protonet", (1, 28, 28), device)
     optimiser = torch.optim.Adam(learner.parameters(), lr=1e-3)
@@ -300,7 +300,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
         "protonet_train": lambda: case_protonet_train(dev, repeats * 2),
         "maml_second_order": lambda: case_maml(dev, repeats, first_order=False),
         "maml_first_order": lambda: case_maml(dev, repeats, first_order=True),
-        "eval": lambda: case_eval(dev, 600),
+        "eval": lambda: case_eval(dev, 600 if long else 150),
         "flops": lambda: case_flops(dev, repeats),
     }
     unknown = set(cases or ()) - set(all_cases)
@@ -319,6 +319,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
         t = time.perf_counter()
         log.info("perf: %s", name)
         result["cases"][name] = {**fn(), "case_wall_s": round(time.perf_counter() - t, 1)}
+        log.info("perf: %s %s", name, json.dumps(result["cases"][name]))
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
     return result
 
