@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("kind", choices=KINDS)
     ls.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'proto*'")
+
+    from benchmark.perf import add_arguments as perf_arguments
+
+    perf_arguments(sub.add_parser("perf", help="speed benchmark: throughput, memory, ratios (JSON)"))
     return parser
 
 
@@ -227,7 +231,7 @@ def load_plugins(modules: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = {"run", "ls", "table"}
+    commands = {"run", "ls", "table", "perf"}
     first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
     if first is None or argv[first] not in commands:
         if not any(a in ("-h", "--help") for a in argv[:1]):
@@ -242,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_ls(args)
         if args.command == "table":
             return cmd_table(args)
+        if args.command == "perf":
+            from benchmark.perf import main_from_args
+
+            return main_from_args(args)
         return cmd_run(args)
     except BenchmarkError as err:
         if args.debug:

@@ -1,10 +1,12 @@
 """Learners, backbones, text encoders and fusions; importing this registers the built-ins."""
 from learners import (  # noqa: F401  (register components)
     am3,
+    anil,
     backbones,
     baselinepp,
     fusions,
     linear_probe,
+    maml,
     matchingnet,
     protonet,
     text,

@@ -60,7 +60,9 @@ class BagOfWords(TextEncoder):
         words = sorted(w for w, n in counts.items() if n >= min_count)
         self.vocab = {w: i + 2 for i, w in enumerate(words)}
         self.max_len = max_len
-        self.embedding = nn.EmbeddingBag(len(self.vocab) + 2, dim, mode="mean", padding_idx=PAD)
+        # nn.Embedding + a masked mean rather than nn.EmbeddingBag: EmbeddingBag has no double
+        # backward, which second-order MAML needs
+        self.embedding = nn.Embedding(len(self.vocab) + 2, dim, padding_idx=PAD)
         self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
         self.out_dim = dim
 
@@ -73,7 +75,10 @@ class BagOfWords(TextEncoder):
         return ids
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.proj(self.embedding(ids))
+        """Token ids ``[B, max_len]`` -> features ``[B, dim]``."""
+        mask = (ids != PAD).unsqueeze(-1).to(self.embedding.weight.dtype)
+        mean = (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.proj(mean)
 
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"

@@ -1,0 +1,361 @@
+"""Speed benchmark: throughput, peak memory and ratios against reference implementations.
+
+Run ``python -m benchmark.perf`` (or ``python run_benchmark.py perf``). It prints one JSON
+object and writes it to ``--out``. Every ratio compares two implementations measured in the
+same run, interleaved (A, B, A, B, ...), and each throughput is the median over repeats, so
+that load from other processes hits both sides alike. Data is random uint8 images of the
+benchmark's shapes, so no dataset is needed.
+
+Cases:
+  * ``sampling``: episode sampling + batching (episodes/s) for 28x28x1 and 84x84x3 images, as
+    a fraction of a ProtoNet training step on the same episodes;
+  * ``protonet_train``: ProtoNet meta-training, Omniglot-sized 60-way 5-shot 5-query, Conv-4-64;
+  * ``maml_second_order`` / ``maml_first_order``: 5-way 1-shot 15-query, meta-batch 32, one
+    inner step, strided Conv-4-64 (tasks/s) against the plain per-task loop of
+    :func:`reference_maml_backward`, with the largest gradient difference;
+  * ``eval_protonet`` (cached embeddings vs embedding every episode, with accuracies compared)
+    and ``eval_maml``: 600 test episodes of 5-way 1-shot 15-query;
+  * ``flops``: achieved floating-point rate of the Conv-4 ProtoNet training step against a large
+    matrix multiplication measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from learners import LEARNERS, ModelSpec
+from learners.base import Learner
+from learners.maml import MAML
+from tasks.datasets.base import FewShotDataset
+from tasks.episode import Episode, EpisodeLoader, TaskSetting
+from tasks.sampler import EpisodeManifest, EpisodeSampler
+
+log = logging.getLogger(__name__)
+
+IMAGE = TaskSetting(("image",), ("image",))
+
+
+# -- measurement helpers ------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window (CUDA allocator, or the process's peak RSS on Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        import ctypes
+        import gc
+
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed memory back so the new peak starts low
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_mb(device: torch.device) -> float:
+    """Peak memory (MiB) since :func:`reset_peak`: CUDA allocated, else the process's peak RSS."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def compare(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+            warmup: int = 1) -> dict[str, dict]:
+    """Median seconds per call of each function, calls interleaved; peak memory of each."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    memory = {}
+    for name, fn in fns.items():
+        reset_peak(device)
+        for _ in range(warmup):
+            fn()
+        memory[name] = peak_mb(device)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {k: {"seconds": statistics.median(v), "peak_memory_mb": memory[k]} for k, v in times.items()}
+
+
+# -- data ---------------------------------------------------------------------------------------
+def random_dataset(shape: tuple[int, int, int], n_classes: int, per_class: int, seed: int = 0) -> FewShotDataset:
+    """Random uint8 images of ``shape``; all classes in every split (speed only)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n_classes * per_class, *shape), dtype=np.uint8)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    third = n_classes // 3
+    splits = {"train": np.arange(n_classes - 2 * third), "val": np.arange(n_classes - 2 * third, n_classes - third),
+              "test": np.arange(n_classes - third, n_classes)}
+    c = shape[0]
+    return FewShotDataset(f"random{shape[1]}", images, labels, [f"c{i}" for i in range(n_classes)], splits,
+                          mean=(0.5,) * c, std=(0.25,) * c)
+
+
+def build(name: str, shape: tuple[int, int, int], device: torch.device, strided: bool = False,
+          **options) -> Learner:
+    torch.manual_seed(0)
+    spec = ModelSpec(("image",), IMAGE, shape, backbone_options={"hidden": 64, "strided": strided})
+    cls = LEARNERS.get(name)
+    return cls(spec, cls.Config(**options)).to(device)
+
+
+def episodes(dataset: FewShotDataset, split: str, way: int, shot: int, query: int, n: int,
+             device: torch.device, seed: int = 0) -> list[Episode]:
+    sampler = EpisodeSampler(dataset, split, way, shot, query)
+    loader = EpisodeLoader(dataset.images, dataset.mean, dataset.std, setting=IMAGE)
+    rng = np.random.default_rng(seed)
+    return [loader.load(sampler.sample(rng, i)).to(device) for i in range(n)]
+
+
+def train_step(learner: Learner, optimiser: torch.optim.Optimizer, batch: Sequence[Episode]) -> float:
+    learner.train()
+    loss = learner.loss(batch)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss.item()
+
+
+# -- the reference MAML loop --------------------------------------------------------------------
+def reference_maml_backward(learner: MAML, batch: Sequence[Episode], steps: int, step_size: float,
+                            first_order: bool) -> None:
+    """The plain per-task loop (as learn2learn does it); accumulates meta-gradients in ``.grad``.
+
+    For each task: clone the parameters, take ``steps`` inner SGD steps with
+    ``torch.autograd.grad(create_graph=not first_order)`` on the support loss, and call
+    ``backward`` on the task's query loss divided by the meta-batch size.
+    """
+    for episode in batch:
+        params = {}
+        for name, value in learner.initial_params(episode.n_way).items():
+            if not value.requires_grad:
+                value = value.requires_grad_()
+            params[name] = value.clone()
+        names = [n for n in params if learner.is_inner(n)]
+        for _ in range(steps):
+            loss = F.cross_entropy(learner.logits(params, episode.support), episode.support_labels)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order)
+            params = {**params, **{n: params[n] - step_size * g for n, g in zip(names, grads)}}
+        query_loss = F.cross_entropy(learner.logits(params, episode.query), episode.query_labels)
+        (query_loss / len(batch)).backward()
+
+
+# -- cases --------------------------------------------------------------------------------------
+def case_sampling(device: torch.device, repeats: int) -> dict:
+    out = {}
+    for label, shape, per_class, way, shot, query, classes in (("omniglot_28x28x1", (1, 28, 28), 20, 60, 5, 5, 200),
+                                                      ("miniimagenet_84x84x3", (3, 84, 84), 25, 5, 5, 15, 60)):
+        data = random_dataset(shape, classes, per_class)
+        sampler = EpisodeSampler(data, "train", way, shot, query)
+        loader = EpisodeLoader(data.images, data.mean, data.std, setting=IMAGE)
+        rng = np.random.default_rng(0)
+        n = 20
+        learner = build("protonet", shape, device)
+        optimiser = torch.optim.Adam(learner.parameters(), lr=1e-3)
+        batch = [loader.load(sampler.sample(rng)).to(device)]
+        result = compare({
+            "sampling": lambda: [loader.load(sampler.sample(rng)).to(device) for _ in range(n)],
+            "train_step": lambda: train_step(learner, optimiser, batch),
+        }, repeats, device)
+        per_episode = result["sampling"]["seconds"] / n
+        out[label] = {
+            "episode": f"{way}w{shot}s{query}q", "episodes_per_s": round(1 / per_episode, 1),
+            "protonet_train_step_s": round(result["train_step"]["seconds"], 4),
+            "fraction_of_train_step": round(per_episode / result["train_step"]["seconds"], 4),
+            "peak_memory_mb": result["sampling"]["peak_memory_mb"],
+        }
+    return out
+
+
+def case_protonet_train(device: torch.device, repeats: int) -> dict:
+    data = random_dataset((1, 28, 28), 200, 20)
+    batch_pool = episodes(data, "train", 60, 5, 5, 4, device)
+    learner = build("protonet", (1, 28, 28), device)
+    optimiser = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    it = iter(range(10**9))
+    result = compare({"step": lambda: train_step(learner, optimiser, [batch_pool[next(it) % 4]])}, repeats, device)
+    return {"episode": "60w5s5q", "backbone": "conv4-64", "episodes_per_s": round(1 / result["step"]["seconds"], 2),
+            "peak_memory_mb": result["step"]["peak_memory_mb"]}
+
+
+def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch: int = 32) -> dict:
+    data = random_dataset((1, 28, 28), 200, 20)
+    batch = episodes(data, "train", 5, 1, 15, meta_batch, device)
+    learner = build("maml", (1, 28, 28), device, strided=True, first_order=first_order, train_steps=1)
+    learner.train()
+    cfg = learner.config
+
+    def fast() -> list[torch.Tensor]:
+        learner.zero_grad(set_to_none=True)
+        learner.loss(batch).backward()
+        return [p.grad for p in learner.parameters()]
+
+    def reference() -> list[torch.Tensor]:
+        learner.zero_grad(set_to_none=True)
+        reference_maml_backward(learner, batch, cfg.train_steps, cfg.train_step_size, first_order)
+        return [p.grad for p in learner.parameters()]
+
+    a, b = fast(), reference()
+    scale = max(float(g.abs().max()) for g in b)
+    diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
+    result = compare({"fast": fast, "reference": reference}, repeats, device, warmup=0)
+    fast_tps = meta_batch / result["fast"]["seconds"]
+    ref_tps = meta_batch / result["reference"]["seconds"]
+    return {"episode": "5w1s15q", "meta_batch": meta_batch, "inner_steps": 1, "backbone": "conv4-64-strided",
+            "tasks_per_s": round(fast_tps, 2),
+            "reference_tasks_per_s": round(ref_tps, 2), "ratio": round(fast_tps / ref_tps, 2),
+            "max_abs_grad_diff": diff, "max_abs_grad": scale,
+            "peak_memory_mb": result["fast"]["peak_memory_mb"],
+            "reference_peak_memory_mb": result["reference"]["peak_memory_mb"]}
+
+
+def case_eval(device: torch.device, n_episodes: int) -> dict:
+    from benchmark.evaluate import evaluate
+
+    data = random_dataset((1, 28, 28), 200, 20)
+    manifest = EpisodeManifest.generate(data, "test", 5, 1, 15, n_episodes, seed=0)
+    loader = EpisodeLoader(data.images, data.mean, data.std, setting=IMAGE)
+    out = {}
+    proto = build("protonet", (1, 28, 28), device)
+    runs = {}
+    for name, cached in (("cached", True), ("scratch", False)):
+        reset_peak(device)
+        seconds = timed(lambda: runs.__setitem__(name, evaluate(proto, loader, manifest, device, cached)), device)
+        runs[name + "_s"], runs[name + "_mb"] = seconds, peak_mb(device)
+    same = bool(np.allclose(runs["cached"]["accuracy"], runs["scratch"]["accuracy"]))
+    out["protonet"] = {"episodes": n_episodes, "episode": "5w1s15q",
+                       "episodes_per_s": round(n_episodes / runs["cached_s"], 1),
+                       "scratch_episodes_per_s": round(n_episodes / runs["scratch_s"], 1),
+                       "ratio": round(runs["scratch_s"] / runs["cached_s"], 2), "same_accuracies": same,
+                       "peak_memory_mb": runs["cached_mb"], "scratch_peak_memory_mb": runs["scratch_mb"]}
+    maml = build("maml", (1, 28, 28), device, strided=True)
+    reset_peak(device)
+    seconds = timed(lambda: evaluate(maml, loader, manifest, device), device)
+    out["maml"] = {"episodes": n_episodes, "episode": "5w1s15q", "test_steps": maml.config.test_steps,
+                   "episodes_per_s": round(n_episodes / seconds, 1), "peak_memory_mb": peak_mb(device)}
+    return out
+
+
+def case_flops(device: torch.device, repeats: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    data = random_dataset((1, 28, 28), 200, 20)
+    batch = episodes(data, "train", 60, 5, 5, 1, device)
+    learner = build("protonet", (1, 28, 28), device)
+    optimiser = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(learner, optimiser, batch)
+    flops = counter.get_total_flops()
+    n = 2048 if device.type == "cpu" else 8192
+    x, y = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    result = compare({"step": lambda: train_step(learner, optimiser, batch), "matmul": lambda: x @ y},
+                     repeats, device)
+    step_rate = flops / result["step"]["seconds"]
+    matmul_rate = 2 * n**3 / result["matmul"]["seconds"]
+    return {"conv4_step_gflop": round(flops / 1e9, 2), "conv4_gflops": round(step_rate / 1e9, 1),
+            "matmul_size": n, "matmul_gflops": round(matmul_rate / 1e9, 1),
+            "fraction_of_matmul": round(step_rate / matmul_rate, 3),
+            "peak_memory_mb": result["step"]["peak_memory_mb"]}
+
+
+def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequence[str] | None = None) -> dict:
+    """Run the cases; returns the JSON-ready result."""
+    from benchmark.runner import package_versions, resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    repeats = 7 if long else 3
+    all_cases: dict[str, Callable[[], dict]] = {
+        "sampling": lambda: case_sampling(dev, repeats),
+        "protonet_train": lambda: case_protonet_train(dev, repeats * 2),
+        "maml_second_order": lambda: case_maml(dev, repeats, first_order=False),
+        "maml_first_order": lambda: case_maml(dev, repeats, first_order=True),
+        "eval": lambda: case_eval(dev, 600 if long else 150),
+        "flops": lambda: case_flops(dev, repeats),
+    }
+    unknown = set(cases or ()) - set(all_cases)
+    if unknown:
+        from tasks.errors import BenchmarkError
+
+        raise BenchmarkError(f"unknown perf case(s) {sorted(unknown)}; choose from {list(all_cases)}")
+    result: dict = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                    else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+                    "mode": "long" if long else "quick", "repeats": repeats, "packages": package_versions(),
+                    "cases": {}}
+    start = time.perf_counter()
+    for name, fn in all_cases.items():
+        if cases and name not in cases:
+            continue
+        t = time.perf_counter()
+        log.info("perf: %s", name)
+        result["cases"][name] = {**fn(), "case_wall_s": round(time.perf_counter() - t, 1)}
+        log.info("perf: %s %s", name, json.dumps(result["cases"][name]))
+    result["wall_time_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument("--long", action="store_true", help="more repeats: slower, steadier figures")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--cases", default="", help="comma-separated subset of the cases (default: all)")
+    parser.add_argument("--out", default="perf.json", help="where to write the JSON (default: perf.json)")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] or None
+    result = run(args.device, args.long, args.threads, cases)
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from tasks.errors import BenchmarkError
+
+    try:
+        return main_from_args(args)
+    except BenchmarkError as err:
+        print(f"error: {err}", file=__import__("sys").stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

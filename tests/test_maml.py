@@ -1,0 +1,169 @@
+"""MAML, first-order MAML and ANIL: meta-gradients against references, batching, API behaviour."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.cli import main
+from benchmark.perf import reference_maml_backward
+from learners import LEARNERS, ModelSpec
+from learners.maml import MAML
+from tasks.episode import Episode, TaskSetting
+from tasks.errors import BenchmarkError
+
+IMAGE = TaskSetting(("image",), ("image",))
+
+
+def make(name: str = "maml", shape=(1, 8, 8), hidden: int = 3, dtype=torch.float64, seed: int = 0, **options) -> MAML:
+    torch.manual_seed(seed)
+    spec = ModelSpec(("image",), IMAGE, shape, backbone_options={"hidden": hidden, "strided": True})
+    cls = LEARNERS.get(name)
+    return cls(spec, cls.Config(**options)).to(dtype)
+
+
+def tasks(n_tasks: int, shape=(1, 8, 8), way: int = 3, shot: int = 2, query: int = 2, dtype=torch.float64,
+          seed: int = 1) -> list[Episode]:
+    g = torch.Generator().manual_seed(seed)
+    return [Episode(support={"image": torch.randn(way * shot, *shape, generator=g, dtype=dtype)},
+                    support_labels=torch.arange(way).repeat_interleave(shot),
+                    query={"image": torch.randn(way * query, *shape, generator=g, dtype=dtype)},
+                    query_labels=torch.arange(way).repeat_interleave(query), class_ids=torch.arange(way))
+            for _ in range(n_tasks)]
+
+
+def grads(learner: MAML, batch) -> list[torch.Tensor]:
+    learner.zero_grad(set_to_none=True)
+    learner.loss(batch).backward()
+    return [p.grad.clone() for p in learner.parameters()]
+
+
+@pytest.mark.parametrize("head,steps", [("zero", 1), ("zero", 2), ("learned", 1), ("learned", 2)])
+def test_second_order_meta_gradient_matches_finite_differences(head, steps):
+    learner = make(head=head, n_way=3, train_steps=steps, train_step_size=0.3).train()
+    batch = tasks(2)
+    analytic = grads(learner, batch)
+    params = list(learner.parameters())
+    g = torch.Generator().manual_seed(0)
+    eps = 1e-6
+    for _ in range(3):  # random directions
+        direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(eps * d)
+        plus = learner.loss(batch).item()
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.sub_(2 * eps * d)
+        minus = learner.loss(batch).item()
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(eps * d)
+        numeric = (plus - minus) / (2 * eps)
+        expected = sum(float((a * d).sum()) for a, d in zip(analytic, direction))
+        assert numeric == pytest.approx(expected, rel=1e-5, abs=1e-8)
+
+
+def test_first_order_gradient_is_query_gradient_at_adapted_params():
+    learner = make("fomaml", train_steps=2, train_step_size=0.3).train()
+    assert learner.config.first_order
+    batch = tasks(3)
+    got = dict(zip([n for n, _ in learner.named_parameters()], grads(learner, batch)))
+    expected = {n: torch.zeros_like(p) for n, p in learner.named_parameters()}
+    for episode in batch:
+        adapted = learner.adapt(episode)  # detached adapted parameters
+        adapted = {n: p.clone().requires_grad_() for n, p in adapted.items()}
+        loss = F.cross_entropy(learner.logits(adapted, episode.query), episode.query_labels)
+        for name, g in zip(adapted, torch.autograd.grad(loss, list(adapted.values()))):
+            if name in expected:
+                expected[name] += g / len(batch)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name,first_order", [("maml", False), ("maml", True), ("anil", False), ("anil", True)])
+def test_meta_gradient_equals_plain_reference_loop(name, first_order):
+    learner = make(name, first_order=first_order, head="learned", n_way=3, dtype=torch.float32, hidden=8,
+                   shape=(1, 16, 16)).train()
+    batch = tasks(4, shape=(1, 16, 16), dtype=torch.float32)
+    fast = grads(learner, batch)
+    learner.zero_grad(set_to_none=True)
+    reference_maml_backward(learner, batch, 1, learner.config.train_step_size, first_order)
+    for a, p in zip(fast, learner.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    batch = tasks(2)
+    plain = grads(make(train_steps=3).train(), batch)
+    checkpointed = grads(make(train_steps=3, checkpoint=True).train(), batch)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_anil_adapts_only_the_head():
+    learner = make("anil", head="learned", n_way=3).eval()
+    episode = tasks(1)[0]
+    start = learner.initial_params(3)
+    with torch.no_grad():
+        adapted = learner.adapt(episode)
+    for name, value in adapted.items():
+        if name.startswith("head."):
+            assert not torch.equal(value, start[name]), name
+        else:
+            assert torch.equal(value, start[name]), name
+    maml_state = make("maml", head="learned", n_way=3).eval().adapt(episode)
+    assert any(not torch.equal(v, start[n]) for n, v in maml_state.items() if n.startswith("encoder."))
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
+def test_api_predict_before_adapt_and_determinism(name):
+    episode = tasks(1)[0]
+    learner = make(name).eval()
+    with pytest.raises(RuntimeError, match="before adapt"):
+        learner.predict(None, episode.query)
+    with torch.no_grad():  # the harness calls under no_grad; adapt turns gradients on locally
+        logits = learner.predict(learner.adapt(episode), episode.query)
+        again = make(name).eval().predict(make(name).eval().adapt(episode), episode.query)
+    assert logits.shape == (6, 3) and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, again, rtol=0, atol=0)
+
+
+def test_permuting_support_labels_permutes_predictions():
+    learner = make().eval()
+    episode = tasks(1)[0]
+    perm = torch.tensor([2, 0, 1])
+    permuted = Episode(support=episode.support, support_labels=perm[episode.support_labels], query=episode.query,
+                       query_labels=perm[episode.query_labels], class_ids=episode.class_ids)
+    with torch.no_grad():
+        a = learner.predict(learner.adapt(episode), episode.query)
+        b = learner.predict(learner.adapt(permuted), episode.query)
+    torch.testing.assert_close(b[:, perm], a)
+
+
+def test_options_batch_norm_modes_and_head_errors():
+    assert make().transductive and not make(batch_norm="running").transductive
+    running = make(batch_norm="running").train()
+    batch = tasks(2)
+    running.loss(batch).backward()  # updates running statistics
+    assert running.encoder.encoders["image"].blocks[0][1].num_batches_tracked > 0
+    with pytest.raises(ValueError, match="batch_norm"):
+        MAML.Config(batch_norm="bogus")
+    with pytest.raises(BenchmarkError, match="n_way"):
+        make(head="learned", n_way=5).loss(batch)
+
+
+def test_cli_runs_maml_family(tmp_path):
+    out = tmp_path / "runs"
+    code = main(["--learners", "maml,fomaml,anil", "--modalities", "image", "--train-episodes", "3",
+                 "--test-episodes", "5", "--shots", "1", "--out", str(out), "--threads", "1",
+                 "--set", "train.way=5", "--set", "train.val_episodes=2", "--set", "train.meta_batch=2",
+                 "--set", "eval.support_modalities=image", "--set", "eval.query_modalities=image",
+                 "--set", "dataset_options={n_classes: 40, items_per_class: 20}",
+                 "--set", "learner_options={maml: {test_steps: 1}}"])
+    assert code == 0
+    run = json.loads(next(out.glob("*/run.json")).read_text())
+    assert run["status"] == "finished" and {"maml-image-none", "fomaml-image-none", "anil-image-none"} <= set(run["methods"])
+
