@@ -30,6 +30,13 @@ An interrupted run continues where it stopped when the same command is run again
 (finished methods are kept, training resumes from its last checkpoint); --no-resume starts over.
 """
 
+REPRODUCE_EXAMPLES = """\
+examples:
+  python run_benchmark.py reproduce --list
+  python run_benchmark.py reproduce omniglot_protonet_5w1s --data-root ../shared/data --threads 1
+  python run_benchmark.py reproduce omniglot_protonet_5w1s_short --data-root ../shared/data --eval-only
+"""
+
 KINDS = ("learners", "fusions", "backbones", "text_encoders", "datasets")
 
 
@@ -88,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl)")
     table.add_argument("--baseline", default="image", help="modality setting compared against (default: image)")
     table.add_argument("--out", help="folder for comparison.csv/md (default: the first run folder)")
+
+    rep = sub.add_parser("reproduce", help="reproduce a published number (protocols in benchmark/configs)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=REPRODUCE_EXAMPLES)
+    rep.add_argument("name", nargs="?", help="protocol name (see --list)")
+    rep.add_argument("--list", action="store_true", help="list the protocols with published and committed numbers")
+    rep.add_argument("--data-root", help="folder holding the dataset in its official layout")
+    rep.add_argument("--eval-only", action="store_true",
+                     help="evaluate the committed checkpoint results/checkpoints/NAME.pt instead of training")
+    rep.add_argument("--test-episodes", type=int,
+                     help="with --eval-only: only the first N episodes of the fixed manifest (a quick check)")
+    rep.add_argument("--out", default="runs/reproduce", help="run folder (default: runs/reproduce)")
+    rep.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    rep.add_argument("--threads", type=int, default=0, help="torch CPU threads")
 
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("kind", choices=KINDS)
@@ -215,6 +235,32 @@ def set_deterministic() -> None:
     torch.backends.cudnn.deterministic = True
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from benchmark import reproduce
+
+    if args.list or not args.name:
+        print(reproduce.list_protocols())
+        return 0
+    protocol = reproduce.load_protocol(args.name)
+    if args.test_episodes is not None and not args.eval_only:
+        raise BenchmarkError("--test-episodes only applies with --eval-only (training uses the protocol's manifest)")
+    if args.eval_only:
+        outcome = reproduce.evaluate_checkpoint(protocol, args.data_root, args.out, args.threads, args.device,
+                                                args.test_episodes)
+        match = reproduce.matches_committed(outcome)
+        print(outcome.describe())
+        print("committed episodes reproduced exactly: "
+              + {True: "yes", False: "NO", None: "(nothing committed)"}[match])
+        if outcome.full_manifest:
+            reproduce.record_outcome(outcome, data_root=args.data_root)
+        return 0 if match is not False else 1
+    outcome = reproduce.train_protocol(protocol, args.data_root, args.out, args.threads, args.device)
+    print(outcome.describe())
+    print(f"recorded in {reproduce.RESULTS_DIR / 'reproduced.csv'} and README.md; "
+          f"checkpoint results/checkpoints/{protocol.name}.pt")
+    return 0
+
+
 def load_plugins(modules: list[str]) -> None:
     """Import user modules named explicitly with ``--plugin`` (they register components)."""
     for name in modules:
@@ -231,7 +277,7 @@ def load_plugins(modules: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = {"run", "ls", "table", "perf"}
+    commands = {"run", "ls", "table", "perf", "reproduce"}
     first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
     if first is None or argv[first] not in commands:
         if not any(a in ("-h", "--help") for a in argv[:1]):
@@ -250,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             from benchmark.perf import main_from_args
 
             return main_from_args(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         return cmd_run(args)
     except BenchmarkError as err:
         if args.debug:

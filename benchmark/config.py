@@ -72,6 +72,9 @@ class ExperimentConfig:
     device: str = "cpu"
     out: str = "runs"
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # description of a reproduction protocol (benchmark/configs/*.yaml used by `reproduce`):
+    # reference (the results/leaderboard.csv id), label, comparable, notes. Never changes the numbers.
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "ExperimentConfig":
         """Range checks that types alone cannot express; returns self."""

@@ -89,7 +89,7 @@ def check_names(cfg: ExperimentConfig) -> None:
 def config_hash(cfg: ExperimentConfig) -> str:
     """Hash of what determines the numbers (not where they are written)."""
     data = to_dict(cfg)
-    for key in ("out", "device", "threads"):
+    for key in ("out", "device", "threads", "protocol"):
         data.pop(key)
     data["train"].pop("checkpoint_every")  # where training may resume from, not what it computes
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
@@ -252,9 +252,24 @@ class Benchmark:
             self._text = {"factory": lambda: cls(corpus, **options), "item": item, "class": klass}
         return self._text["factory"], self._text["item"], self._text["class"]
 
-    def _loader(self, setting: TaskSetting) -> EpisodeLoader:
+    def _loader(self, setting: TaskSetting, learner: Learner | None = None) -> EpisodeLoader:
+        """Episodes for ``learner``: pixels, or cached features when its image backbone is frozen."""
         _, item_text, class_text = self._text_inputs()
-        return EpisodeLoader(self.dataset.images, self.dataset.mean, self.dataset.std, item_text, class_text, setting)
+        return EpisodeLoader(self.dataset.images, self.dataset.mean, self.dataset.std, item_text, class_text, setting,
+                             image_features=self._image_features(learner))
+
+    def _image_features(self, learner: Learner | None) -> torch.Tensor | None:
+        """Per-item features ``[n_items, D]`` of the learner's frozen image backbone, from the on-disk
+        feature cache (:mod:`tasks.features`); ``None`` when it has none (e.g. a trainable Conv-4)."""
+        if learner is None:
+            return None
+        frozen = [m for m in learner.modules() if getattr(m, "frozen", False) and hasattr(m, "precompute")]
+        if not frozen:
+            return None
+        start = time.perf_counter()
+        features = frozen[0].precompute(self.dataset, self.device)
+        log.info("image features %s ready in %.1f s", tuple(features.shape), time.perf_counter() - start)
+        return features
 
     # -- one method ---------------------------------------------------------------------------
     def build_learner(self, method: Method) -> Learner:
@@ -296,7 +311,7 @@ class Benchmark:
         history = {"best_step": 0, "best_val_accuracy": None, "val": []}
         if cfg.episodes == 0 or not params:
             return history
-        loader = self._loader(self.setting)  # train on episodes shown as at test time
+        loader = self._loader(self.setting, learner)  # train on episodes shown as at test time
         optimiser = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimiser, cfg.lr_decay_every, gamma=0.5)
                      if cfg.lr_decay_every else None)
@@ -392,7 +407,7 @@ class Benchmark:
         buffer = io.BytesIO()
         torch.save(learner.state_dict(), buffer)
         atomic_write_bytes(checkpoint, buffer.getvalue())
-        loader = self._loader(self.setting)
+        loader = self._loader(self.setting, learner)
         rows = []
         for (way, shot), (manifest, _) in self.test_manifests.items():
             metrics = evaluate(learner, loader, manifest, self.device, progress=f"test {method.label} {way}w{shot}s")

@@ -130,13 +130,18 @@ class EpisodeLoader:
         item_text: prepared instance text ``[n_items, ...]`` or ``None`` if the dataset has no captions.
         class_text: prepared class text ``[n_classes, ...]`` or ``None``.
         setting: which modalities the support and query sides show.
+        image_features: precomputed features of a frozen image encoder ``[n_items, D]``
+            (see :mod:`tasks.features`); when given, the ``"image"`` input is these rows
+            instead of normalised pixels.
     """
 
     def __init__(self, images: np.ndarray | Tensor, mean, std, item_text: Tensor | None = None,
-                 class_text: Tensor | None = None, setting: TaskSetting = TaskSetting()) -> None:
+                 class_text: Tensor | None = None, setting: TaskSetting = TaskSetting(),
+                 image_features: Tensor | None = None) -> None:
         with warnings.catch_warnings():  # a read-only memory map is fine: images are only ever indexed
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             self.images = torch.as_tensor(images)
+        self.image_features = image_features
         c = self.images.shape[1]
         self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, c, 1, 1)
         self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, c, 1, 1)
@@ -153,7 +158,9 @@ class EpisodeLoader:
     def side(self, items: Tensor, modalities: tuple[str, ...]) -> dict[str, Tensor]:
         """Inputs of the given items for the listed modalities: modality -> ``[len(items), ...]``."""
         out: dict[str, Tensor] = {}
-        if "image" in modalities:
+        if "image" in modalities and self.image_features is not None:
+            out["image"] = self.image_features[items]
+        elif "image" in modalities:
             out["image"] = self.images[items].float().mul_(self.scale).sub_(self.shift)
         if "text" in modalities:
             out["text"] = self.item_text[items]  # type: ignore[index]
