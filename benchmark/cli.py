@@ -122,11 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     import yaml
 
-    from benchmark.config import ExperimentConfig, load_yaml, merge
+    from benchmark.config import ExperimentConfig, apply_overrides, default_experiment, load_yaml, merge
 
-    cfg = ExperimentConfig()
-    if args.config:
-        cfg = merge(cfg, load_yaml(args.config), f"config file {args.config}")
+    if args.config:  # a user's experiment file overrides the generic defaults of ExperimentConfig
+        cfg = apply_overrides(ExperimentConfig(), load_yaml(args.config), f"config file {args.config}")
+    else:  # no file: the default suite, benchmark/configs/default.yaml
+        cfg = default_experiment()
     flags = {
         "dataset": args.dataset, "data_root": args.data_root, "learners": args.learners,
         "modalities": args.modalities, "fusions": args.fusions, "text_encoder": args.text_encoder,
@@ -141,7 +142,10 @@ def config_from_args(args: argparse.Namespace):
         overrides["train"] = train
     if evals:
         overrides["eval"] = evals
-    cfg = merge(cfg, overrides, "command line")
+    cfg = apply_overrides(cfg, overrides, "command line")
+    if args.train_episodes is not None:  # the flag sets every learner's training length
+        cfg = merge(cfg, {"train_overrides": {k: {**v, "episodes": args.train_episodes}
+                                              for k, v in cfg.train_overrides.items()}}, "--train-episodes")
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -208,6 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         set_deterministic()
     bench = Benchmark(config_from_args(args), resume=args.resume)
     log.info("run %s: %d methods, writing to %s", bench.run_id, len(bench.methods), bench.run_dir)
+    if bench.cfg.note:
+        log.info("note: %s", bench.cfg.note)
     previous = signal.signal(signal.SIGTERM, _terminated)  # a pre-empted job: stop like Ctrl-C (run.json says so)
     try:
         table = bench.run()

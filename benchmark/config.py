@@ -57,9 +57,14 @@ class ExperimentConfig:
     dataset: str = "shapes"
     data_root: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    # methods: explicit "learner:modalities[:fusion]" entries (e.g. "protonet:image+text:attention");
+    # when empty, every learner x modality setting x fusion (for multimodal settings) is run
+    methods: list[str] = field(default_factory=list)
     learners: list[str] = field(default_factory=lambda: ["protonet"])
     modalities: list[str] = field(default_factory=lambda: ["image", "text", "image+text"])
     fusions: list[str] = field(default_factory=lambda: ["concat", "attention"])
+    # per-learner changes to `train` (e.g. MAML trains on smaller episodes in a meta-batch)
+    train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     learner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     fusion_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     backbone: str = "conv4"
@@ -72,6 +77,7 @@ class ExperimentConfig:
     device: str = "cpu"
     out: str = "runs"
     threads: int = 0  # torch CPU threads (0: torch's default)
+    note: str = ""  # printed when the run starts and kept in run.json (e.g. why training is short)
     # description of a reproduction protocol (benchmark/configs/*.yaml used by `reproduce`):
     # reference (the results/leaderboard.csv id), label, comparable, notes. Never changes the numbers.
     protocol: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +109,36 @@ class ExperimentConfig:
             if not values:
                 raise BenchmarkError(f"config value {key} is empty; give at least one")
         return self
+
+
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parent / "configs" / "default.yaml"
+SELECTION_KEYS = ("learners", "modalities", "fusions")
+
+
+def apply_overrides(cfg: "ExperimentConfig", overrides: dict, where: str) -> "ExperimentConfig":
+    """Merge ``overrides`` into ``cfg``; choosing learners/modalities/fusions replaces an explicit method list."""
+    if any(k in overrides for k in SELECTION_KEYS) and "methods" not in overrides:
+        overrides = {**overrides, "methods": []}
+    return merge(cfg, overrides, where)
+
+
+def default_experiment() -> "ExperimentConfig":
+    """The default suite (``benchmark/configs/default.yaml``) that ``run_benchmark.py`` runs with no arguments."""
+    return merge(ExperimentConfig(), load_yaml(DEFAULT_EXPERIMENT), f"config file {DEFAULT_EXPERIMENT}")
+
+
+def train_config(cfg: "ExperimentConfig", learner: str) -> TrainConfig:
+    """``cfg.train`` with the learner's ``train_overrides`` applied and range-checked."""
+    overrides = cfg.train_overrides.get(learner)
+    if not overrides:
+        return cfg.train
+    shared = sorted(k for k in overrides if k.startswith("val_"))
+    if shared:
+        raise BenchmarkError(f"train_overrides.{learner}: {shared} cannot differ per learner (every method is "
+                             "selected on the same validation episodes); set train.val_* instead")
+    train = merge(cfg.train, overrides, f"train_overrides.{learner}")
+    dataclasses.replace(cfg, train=train, train_overrides={}).validate()
+    return train
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.checkpoint import RunLock, check_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from benchmark.config import ExperimentConfig, component_config, to_dict
+from benchmark.config import ExperimentConfig, component_config, to_dict, train_config
 from benchmark.evaluate import evaluate
 from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
@@ -53,8 +53,26 @@ class Method:
         return f"{self.learner}-{'+'.join(self.modalities)}-{self.fusion or 'none'}"
 
 
+def parse_method(text: str) -> Method:
+    """``"learner:modalities[:fusion]"`` -> :class:`Method`, e.g. ``"protonet:image+text:attention"``."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise BenchmarkError(f"methods: {text!r} is not 'learner:modalities[:fusion]', "
+                             "e.g. 'protonet:image' or 'protonet:image+text:attention'")
+    learner, modalities = parts[0], parse_modalities(parts[1], f"methods: {text!r}")
+    fusion = parts[2] if len(parts) == 3 else None
+    if (fusion is None) != (len(modalities) == 1):
+        raise BenchmarkError(f"methods: {text!r}: give a fusion exactly when there are two modalities")
+    LEARNERS.get(learner)
+    if fusion is not None:
+        FUSIONS.get(fusion)
+    return Method(learner, modalities, fusion)
+
+
 def expand_methods(cfg: ExperimentConfig) -> list[Method]:
-    """Every learner x modality setting, and every fusion for multimodal settings."""
+    """The explicit ``methods`` list, or every learner x modality setting x fusion (multimodal only)."""
+    if cfg.methods:
+        return list(dict.fromkeys(parse_method(m) for m in cfg.methods))
     methods = []
     for learner in cfg.learners:
         cls = LEARNERS.get(learner)
@@ -89,7 +107,7 @@ def check_names(cfg: ExperimentConfig) -> None:
 def config_hash(cfg: ExperimentConfig) -> str:
     """Hash of what determines the numbers (not where they are written)."""
     data = to_dict(cfg)
-    for key in ("out", "device", "threads", "protocol"):
+    for key in ("out", "device", "threads", "protocol", "note"):
         data.pop(key)
     data["train"].pop("checkpoint_every")  # where training may resume from, not what it computes
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
@@ -180,9 +198,10 @@ class Benchmark:
         cfg = self.cfg
         self.dataset: FewShotDataset = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
         self._fit_to_dataset_modalities()
-        self.samplers = {  # built now so impossible episodes fail before any training
-            "train": EpisodeSampler(self.dataset, "train", cfg.train.way, cfg.train.shot, cfg.train.query),
-        }
+        self.samplers = {}  # training samplers per learner, built now so impossible episodes fail early
+        for learner in dict.fromkeys(m.learner for m in self.methods):
+            train = train_config(cfg, learner)
+            self.samplers[learner] = EpisodeSampler(self.dataset, "train", train.way, train.shot, train.query)
         self.val_manifest, _ = EpisodeManifest.get(
             self.manifest_dir, self.dataset, "val", cfg.train.val_way, cfg.train.val_shot, cfg.train.val_query,
             cfg.train.val_episodes, self.seeds["manifest"])
@@ -306,12 +325,13 @@ class Benchmark:
             BenchmarkError: a non-finite loss (names the step, the learner and the last finite
                 loss; the last good checkpoint is kept), or an unusable checkpoint.
         """
-        cfg = self.cfg.train
+        cfg = train_config(self.cfg, method.learner)
         params = [p for p in learner.parameters() if p.requires_grad]
         history = {"best_step": 0, "best_val_accuracy": None, "val": []}
         if cfg.episodes == 0 or not params:
             return history
         loader = self._loader(self.setting, learner)  # train on episodes shown as at test time
+        sampler = self.samplers[method.learner]
         optimiser = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimiser, cfg.lr_decay_every, gamma=0.5)
                      if cfg.lr_decay_every else None)
@@ -320,14 +340,15 @@ class Benchmark:
         path = self.train_checkpoint(method)
         first, saved, last_loss = 1, None, None
         if self.resume and path.exists():
-            first, best, best_state, history, last_loss = self._restore(path, learner, optimiser, scheduler, rng)
+            first, best, best_state, history, last_loss = self._restore(path, learner, optimiser, scheduler, rng,
+                                                                        cfg.episodes)
             saved = first - 1
             log.info("%s: resuming from step %d of %d (%s)", method.label, saved, cfg.episodes, path)
         kill_at = _test_kill_step(method)
         bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
         for step in bar:
             learner.train()
-            episodes = [loader.load(self.samplers["train"].sample(rng, step)).to(self.device)
+            episodes = [loader.load(sampler.sample(rng, step)).to(self.device)
                         for _ in range(cfg.meta_batch)]
             loss = learner.loss(episodes)
             if not torch.isfinite(loss):
@@ -370,7 +391,8 @@ class Benchmark:
         """Where the resumable training state of ``method`` is kept while it trains."""
         return self.run_dir / "checkpoints" / f"{method.slug}.train.pt"
 
-    def _restore(self, path: Path, learner: Learner, optimiser, scheduler, rng: np.random.Generator):
+    def _restore(self, path: Path, learner: Learner, optimiser, scheduler, rng: np.random.Generator,
+                 episodes: int):
         """Load a training checkpoint into the learner, optimiser, scheduler and generators."""
         state = load_checkpoint(path)
         try:
@@ -388,9 +410,9 @@ class Benchmark:
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise BenchmarkError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {err}); "
                                  "delete it or use --no-resume to train this method from scratch") from None
-        if step >= self.cfg.train.episodes:
+        if step >= episodes:
             raise BenchmarkError(f"checkpoint {path} is at step {step}, beyond train.episodes="
-                                 f"{self.cfg.train.episodes}; delete it or use --no-resume")
+                                 f"{episodes}; delete it or use --no-resume")
         return step + 1, best, best_state, history, last_loss
 
     def run_method(self, method: Method) -> list[dict]:

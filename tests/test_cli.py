@@ -40,8 +40,12 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
     for column in ["learner", "fusion", "modalities", "dataset", "n_way", "n_shot", "n_query", "n_episodes",
                    "accuracy", "ci95"]:
         assert column in summary.columns
-    # default suite: image, text, concat, attention at 1 and 5 shots
-    assert len(summary) == 8 and set(summary["fusion"]) == {"none", "concat", "attention"}
+    # the default suite (benchmark/configs/default.yaml) at 1 and 5 shots
+    methods = set(zip(summary["learner"], summary["modalities"], summary["fusion"]))
+    assert methods == {("protonet", "image", "none"), ("protonet", "text", "none"),
+                       ("protonet", "image+text", "concat"), ("protonet", "image+text", "attention"),
+                       ("am3", "image", "none"), ("maml", "image+text", "attention")}
+    assert len(summary) == 12
     assert set(summary["n_shot"]) == {1, 5} and (summary["n_episodes"] == 8).all()
     assert summary["accuracy"].between(0, 100).all()
     assert (run_dir / "summary.md").read_text().startswith("| learner")
@@ -82,9 +86,22 @@ def test_methods_that_cannot_run_in_the_setting_are_skipped_and_recorded(tmp_pat
     assert code == 0, err
     run_dir = only_run_dir(tmp_path)
     summary = pd.read_csv(run_dir / "summary.csv")
-    assert set(zip(summary["modalities"], summary["fusion"])) == {("image", "none"), ("image+text", "attention")}
+    assert set(zip(summary["learner"], summary["modalities"], summary["fusion"])) == {
+        ("protonet", "image", "none"), ("protonet", "image+text", "attention"), ("am3", "image", "none"),
+        ("maml", "image+text", "attention")}
     skipped = json.loads((run_dir / "run.json").read_text())["skipped"]
     assert set(skipped) == {"protonet[text]", "protonet[image+text/concat]"}
+
+
+def test_explicit_methods_and_per_learner_training(tmp_path, capsys):
+    args = TINY + ["--shots", "1", "--set", "methods=[protonet:image, maml:image]",
+                   "--set", "train_overrides.maml.way=3", "--out", str(tmp_path)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    summary = pd.read_csv(only_run_dir(tmp_path) / "summary.csv")
+    assert sorted(summary["learner"]) == ["maml", "protonet"]
+    record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())
+    assert record["config"]["train_overrides"]["maml"]["way"] == 3
 
 
 def _yaml(tmp_path: Path, text: str) -> str:
@@ -110,6 +127,9 @@ BAD_INPUTS = [
     ("wrong type", lambda p: ["--config", _yaml(p, "seed: abc\n")], "seed: expected an integer"),
     ("out of range", ["--set", "train.shot=0"], "train.shot=0 is out of range"),
     ("negative learning rate", ["--set", "train.lr=-1"], "train.lr=-1.0 is out of range"),
+    ("malformed method", ["--set", "methods=[protonet]"], "is not 'learner:modalities\\[:fusion\\]'"),
+    ("validation settings per learner", ["--set", "train_overrides.maml.val_way=3"],
+     "cannot differ per learner"),
     ("unwritable --out", lambda p: ["--out", _not_a_dir(p)], "cannot write to the output directory"),
     ("concat without query text", ["--modalities", "image+text", "--fusions", "concat", "--query-modalities",
                                    "image"], "query side shows only image.*fusion 'concat'"),
