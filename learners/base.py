@@ -60,6 +60,7 @@ class Learner(nn.Module, ABC):
             )
         self.spec = spec
         self.config = config if config is not None else self.Config()
+        self.encoder = spec.build_encoder()  # encoders -> fusion: features [B, encoder.out_dim]
 
     @abstractmethod
     def loss(self, episodes: Sequence[Episode]) -> Tensor:
@@ -74,7 +75,15 @@ class Learner(nn.Module, ABC):
         """Logits ``[n_query, n_way]`` for the query batch."""
 
     def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no fixed embedding")
+        """Per-item features ``[B, D]``, or the precomputed ones the harness passes as ``"embedding"``.
+
+        Only meaningful for ``fixed_embedding`` learners, whose features do not depend on the episode.
+        """
+        if not self.fixed_embedding:
+            raise NotImplementedError(f"{type(self).__name__} has no fixed embedding")
+        if EMBEDDING in inputs:
+            return inputs[EMBEDDING]
+        return self.encoder(inputs)
 
     @staticmethod
     def require_state(state: Any) -> Any:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learners.base import EMBEDDING, Learner, class_means
+from learners.base import Learner, class_means
 from learners.encoder import ModelSpec
 from learners.registry import LEARNERS
 from tasks.episode import Episode
@@ -53,7 +53,6 @@ class BaselinePP(Learner):
 
     def __init__(self, spec: ModelSpec, config: Config | None = None) -> None:
         super().__init__(spec, config)
-        self.encoder = spec.build_encoder()
         self.classifier: nn.Linear | None = None
         if any(p.requires_grad for p in self.encoder.parameters()):
             if spec.n_train_classes < 2:
@@ -67,11 +66,6 @@ class BaselinePP(Learner):
             index[torch.tensor(ids)] = torch.arange(len(ids))
             self.register_buffer("train_index", index, persistent=False)
             self.classifier = nn.Linear(self.encoder.out_dim, spec.n_train_classes, bias=self.head_bias)
-
-    def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        if EMBEDDING in inputs:
-            return inputs[EMBEDDING]
-        return self.encoder(inputs)
 
     def head_logits(self, z: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """Logits ``[B, C]`` of features ``z [B, D]`` for a head ``weight [C, D]`` (cosine; no bias)."""

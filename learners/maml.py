@@ -83,7 +83,6 @@ class MAML(Learner):
 
     def __init__(self, spec: ModelSpec, config: Config | None = None) -> None:
         super().__init__(spec, config)
-        self.encoder = spec.build_encoder()
         self.transductive = self.config.batch_norm == "transductive"
         if self.transductive:  # batch statistics always: no running buffers at all
             torch.func.replace_all_batch_norm_modules_(self.encoder)

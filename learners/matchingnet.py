@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from learners.base import EMBEDDING, Learner
-from learners.encoder import ModelSpec
+from learners.base import Learner
 from learners.registry import LEARNERS
 from tasks.episode import Episode
 
@@ -34,15 +33,6 @@ class MatchingNet(Learner):
                 raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     fixed_embedding = True
-
-    def __init__(self, spec: ModelSpec, config: Config | None = None) -> None:
-        super().__init__(spec, config)
-        self.encoder = spec.build_encoder()
-
-    def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        if EMBEDDING in inputs:
-            return inputs[EMBEDDING]
-        return self.encoder(inputs)
 
     def adapt(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Support embeddings ``[N*K, D]`` and one-hot labels ``[N*K, N]``."""

@@ -1,7 +1,6 @@
 """Reproduction protocols: configs, published rows, and re-evaluating a committed checkpoint exactly."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
