@@ -132,7 +132,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.2f}"  # p-values stay readable
     return str(value)
 
 
