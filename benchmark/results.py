@@ -203,11 +203,31 @@ def compare_to_baseline(rows: pd.DataFrame, baseline: str = "image") -> pd.DataF
     return pd.DataFrame(out, columns=columns)
 
 
+def wide_comparison(summary: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
+    """One row per method, one column pair per (way, shot): accuracy ± CI and the paired difference."""
+    out = []
+    for (learner, fusion, modalities), group in summary.groupby(["learner", "fusion", "modalities"], sort=False):
+        row = {"learner": learner, "method": modalities if fusion == "none" else f"{modalities} / {fusion}"}
+        for _, r in group.sort_values(["n_way", "n_shot"]).iterrows():
+            key = f"{r['n_way']}w{r['n_shot']}s"
+            row[f"{key} accuracy"] = f"{r['accuracy']:.2f} ± {r['ci95']:.2f}"
+            match = comparison[(comparison["learner"] == learner) & (comparison["fusion"] == fusion)
+                               & (comparison["modalities"] == modalities) & (comparison["n_way"] == r["n_way"])
+                               & (comparison["n_shot"] == r["n_shot"])]
+            row[f"{key} vs baseline"] = ("(baseline)" if match.empty else
+                                         f"{match['difference'].iloc[0]:+.2f} ± {match['difference_ci95'].iloc[0]:.2f}"
+                                         f" (p={match['p_value'].iloc[0]:.1e})")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def write_comparison(run_dirs: list[Path], out_dir: Path, baseline: str = "image") -> pd.DataFrame:
-    """Write ``comparison.csv`` and ``comparison.md`` (paired tests vs ``baseline``) into ``out_dir``."""
+    """Write paired tests vs ``baseline`` into ``out_dir``: ``comparison.csv``/``.md`` (long) and
+    ``comparison_wide.md`` (one row per method)."""
     rows = pd.concat([read_rows(Path(d) / "rows.jsonl") for d in run_dirs], ignore_index=True)
     table = compare_to_baseline(rows, baseline)
     if not table.empty:
         atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
         atomic_write_text(out_dir / "comparison.md", to_markdown(table))
+        atomic_write_text(out_dir / "comparison_wide.md", to_markdown(wide_comparison(summarize(rows), table)))
     return table
