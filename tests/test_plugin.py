@@ -41,7 +41,7 @@ def test_plugin_learner_runs_through_the_cli(tmp_path):
     (run_json,) = out.glob("*/run.json")
     record = json.loads(run_json.read_text())
     assert record["status"] == "finished"
-    assert record["config"]["learner_options"] == {"cosine_centroid": {"scale": 5}}
+    assert record["config"]["learner_options"]["cosine_centroid"] == {"scale": 5}
     assert set(record["methods"]) == {"cosine_centroid-image-none", "cosine_centroid-image+text-late"}
 
 
