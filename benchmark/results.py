@@ -203,8 +203,9 @@ def compare_to_baseline(rows: pd.DataFrame, baseline: str = "image") -> pd.DataF
     return pd.DataFrame(out, columns=columns)
 
 
-def wide_comparison(summary: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
-    """One row per method, one column pair per (way, shot): accuracy ± CI and the paired difference."""
+def wide_comparison(summary: pd.DataFrame, comparison: pd.DataFrame, baseline: str = "image") -> pd.DataFrame:
+    """One row per method, one column pair per (way, shot): accuracy ± CI and the paired difference
+    ("-" where the learner has no ``baseline`` result to pair with)."""
     out = []
     for (learner, fusion, modalities), group in summary.groupby(["learner", "fusion", "modalities"], sort=False):
         row = {"learner": learner, "method": modalities if fusion == "none" else f"{modalities} / {fusion}"}
@@ -214,9 +215,11 @@ def wide_comparison(summary: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataF
             match = comparison[(comparison["learner"] == learner) & (comparison["fusion"] == fusion)
                                & (comparison["modalities"] == modalities) & (comparison["n_way"] == r["n_way"])
                                & (comparison["n_shot"] == r["n_shot"])]
-            row[f"{key} vs baseline"] = ("(baseline)" if match.empty else
-                                         f"{match['difference'].iloc[0]:+.2f} ± {match['difference_ci95'].iloc[0]:.2f}"
-                                         f" (p={match['p_value'].iloc[0]:.1e})")
+            if not match.empty:
+                row[f"{key} vs baseline"] = (f"{match['difference'].iloc[0]:+.2f} ± "
+                                             f"{match['difference_ci95'].iloc[0]:.2f} (p={match['p_value'].iloc[0]:.1e})")
+            else:
+                row[f"{key} vs baseline"] = "(baseline)" if (modalities, fusion) == (baseline, "none") else "-"
         out.append(row)
     return pd.DataFrame(out)
 
@@ -229,5 +232,5 @@ def write_comparison(run_dirs: list[Path], out_dir: Path, baseline: str = "image
     if not table.empty:
         atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
         atomic_write_text(out_dir / "comparison.md", to_markdown(table))
-        atomic_write_text(out_dir / "comparison_wide.md", to_markdown(wide_comparison(summarize(rows), table)))
+        atomic_write_text(out_dir / "comparison_wide.md", to_markdown(wide_comparison(summarize(rows), table, baseline)))
     return table

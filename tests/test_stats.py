@@ -44,3 +44,7 @@ def test_comparison_pairs_methods_with_the_image_only_baseline():
     wide = wide_comparison(summarize(rows), table)
     assert wide.loc[wide["method"] == "image", "5w1s vs baseline"].iloc[0] == "(baseline)"
     assert wide.loc[wide["method"] == "image+text / attention", "5w1s vs baseline"].iloc[0].startswith("+10.00")
+    lonely = pd.DataFrame(_rows(("image+text", "attention"), [0.6, 0.7, 0.8, 0.9]))
+    lonely["learner"] = "maml"  # no image-only maml to pair with
+    wide = wide_comparison(summarize(lonely), compare_to_baseline(lonely))
+    assert wide["5w1s vs baseline"].tolist() == ["-"]
