@@ -289,7 +289,7 @@ def case_flops(device: torch.device, repeats: int) -> dict:
 
 def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequence[str] | None = None) -> dict:
     """Run the cases; returns the JSON-ready result."""
-    from benchmark.runner import package_versions, resolve_device
+    from benchmark.provenance import package_versions, resolve_device
 
     if threads:
         torch.set_num_threads(threads)

@@ -287,7 +287,7 @@ def read_reproduced(results_dir: Path = RESULTS_DIR) -> pd.DataFrame:
 
 def record_outcome(outcome: Outcome, results_dir: Path = RESULTS_DIR, data_root: str | None = None) -> None:
     """Upsert the protocol's row of ``reproduced.csv`` and regenerate ``README.md``."""
-    from benchmark.runner import git_commit
+    from benchmark.provenance import git_commit
 
     p, cfg = outcome.protocol, outcome.protocol.config
     way, shot = p.way_shot

@@ -9,11 +9,8 @@ import json
 import logging
 import os
 import platform
-import resource
 import signal
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,84 +21,17 @@ from tqdm.auto import tqdm
 from benchmark.checkpoint import RunLock, check_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from benchmark.config import ExperimentConfig, component_config, to_dict, train_config
 from benchmark.evaluate import evaluate
+from benchmark.methods import Method, check_names, expand_methods
+from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
 from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
-from learners.registry import BACKBONES, FUSIONS
-from tasks.datasets import DATASETS, FewShotDataset, load_dataset
+from tasks.datasets import FewShotDataset, load_dataset
 from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
 from tasks.errors import BenchmarkError, UnsupportedSetting
 from tasks.sampler import EpisodeManifest, EpisodeSampler
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One learner on one modality setting with one fusion (``None`` for a single modality)."""
-
-    learner: str
-    modalities: tuple[str, ...]
-    fusion: str | None
-
-    @property
-    def label(self) -> str:
-        return f"{self.learner}[{'+'.join(self.modalities)}{'/' + self.fusion if self.fusion else ''}]"
-
-    @property
-    def slug(self) -> str:
-        return f"{self.learner}-{'+'.join(self.modalities)}-{self.fusion or 'none'}"
-
-
-def parse_method(text: str) -> Method:
-    """``"learner:modalities[:fusion]"`` -> :class:`Method`, e.g. ``"protonet:image+text:attention"``."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise BenchmarkError(f"methods: {text!r} is not 'learner:modalities[:fusion]', "
-                             "e.g. 'protonet:image' or 'protonet:image+text:attention'")
-    learner, modalities = parts[0], parse_modalities(parts[1], f"methods: {text!r}")
-    fusion = parts[2] if len(parts) == 3 else None
-    if (fusion is None) != (len(modalities) == 1):
-        raise BenchmarkError(f"methods: {text!r}: give a fusion exactly when there are two modalities")
-    LEARNERS.get(learner)
-    if fusion is not None:
-        FUSIONS.get(fusion)
-    return Method(learner, modalities, fusion)
-
-
-def expand_methods(cfg: ExperimentConfig) -> list[Method]:
-    """The explicit ``methods`` list, or every learner x modality setting x fusion (multimodal only)."""
-    if cfg.methods:
-        return list(dict.fromkeys(parse_method(m) for m in cfg.methods))
-    methods = []
-    for learner in cfg.learners:
-        cls = LEARNERS.get(learner)
-        for text in cfg.modalities:
-            modalities = parse_modalities(text, "modalities")
-            if "+".join(modalities) not in cls.supports_modalities:
-                if len(cfg.modalities) == 1:
-                    raise UnsupportedSetting(
-                        f"learner {learner!r} does not support modalities {text!r}; "
-                        f"it supports {list(cls.supports_modalities)}"
-                    )
-                log.info("skipping %s on %s: not supported by the learner", learner, text)
-                continue
-            fusions = cfg.fusions if len(modalities) > 1 else [None]
-            methods += [Method(learner, modalities, f) for f in fusions]
-    return methods
-
-
-def check_names(cfg: ExperimentConfig) -> None:
-    """Fail fast, before any work, on unknown component names."""
-    DATASETS.get(cfg.dataset)
-    BACKBONES.get(cfg.backbone)
-    TEXT_ENCODERS.get(cfg.text_encoder)
-    for name in cfg.learners:
-        LEARNERS.get(name)
-    for name in cfg.fusions:
-        FUSIONS.get(name)
-    for name in cfg.learner_options:
-        LEARNERS.get(name)
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
@@ -119,41 +49,6 @@ def seeds(seed: int) -> dict[str, int]:
     return {name: int(c.generate_state(1)[0]) for name, c in zip(("manifest", "init", "train_episodes"), children)}
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "numpy", "pandas", "transformers", "datasets", "scipy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return result.stdout.strip() + ("-dirty" if dirty else "") if result.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BenchmarkError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchmarkError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise BenchmarkError(f"--device {name} was asked for but MPS is not available here; use --device cpu")
-    return device
-
-
 def prepare_output(out: str, run_id: str) -> Path:
     """Create ``out/run_id`` and check that it is writable."""
     run_dir = Path(out) / run_id
@@ -167,12 +62,6 @@ def prepare_output(out: str, run_id: str) -> Path:
             f"cannot write to the output directory {run_dir}: {err.strerror or err}; choose another --out"
         ) from None
     return run_dir
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class Benchmark:

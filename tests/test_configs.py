@@ -7,7 +7,7 @@ import pytest
 
 import learners  # noqa: F401
 from benchmark.config import ExperimentConfig, component_config, load_yaml, merge
-from benchmark.runner import check_names, expand_methods
+from benchmark.methods import check_names, expand_methods
 from learners.registry import LEARNERS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmark" / "configs").glob("*.yaml"))

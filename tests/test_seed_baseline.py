@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from benchmark.config import ExperimentConfig, load_yaml, merge
-from benchmark.runner import Benchmark, check_names
+from benchmark.methods import check_names
+from benchmark.runner import Benchmark
 
 CONFIG = Path(__file__).resolve().parent.parent / "benchmark" / "configs" / "seed_baseline.yaml"
 
