@@ -210,6 +210,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.deterministic:
         set_deterministic()
+        log.info("--deterministic: deterministic kernels only. The cost is speed on GPU (cuDNN autotuning off, "
+                 "slower deterministic kernels; not yet measured for this suite: compare `perf --device cuda` "
+                 "with and without) and an error naming any operation that has no deterministic kernel")
     bench = Benchmark(config_from_args(args), resume=args.resume)
     log.info("run %s: %d methods, writing to %s", bench.run_id, len(bench.methods), bench.run_dir)
     if bench.cfg.note:
