@@ -72,8 +72,24 @@ class ConcatFusion(Fusion):
         return torch.cat([features[m] for m in self.modalities], dim=-1)
 
 
+class _ProjectedFusion(Fusion):
+    """Base of fusions that first project every modality to a shared size ``dim``."""
+
+    supports_missing = True
+
+    def __init__(self, in_dims: Mapping[str, int], dim: int = 128) -> None:
+        super().__init__(in_dims)
+        self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in in_dims.items()})
+        self.out_dim = dim
+
+    def projected(self, features: Mapping[str, Tensor]) -> tuple[list[str], Tensor]:
+        """The modalities present and their projections ``[B, M, dim]``."""
+        present = self._check(features)
+        return present, torch.stack([self.project[m](features[m]) for m in present], dim=1)
+
+
 @FUSIONS.register("attention")
-class AttentionFusion(Fusion):
+class AttentionFusion(_ProjectedFusion):
     """Attention-weighted sum (the seed paper's fusion, done correctly).
 
     Each modality is projected to a shared dimension, ``F_m = P_m x_m``; a learned
@@ -86,18 +102,13 @@ class AttentionFusion(Fusion):
         dim: shared projection size.
     """
 
-    supports_missing = True
-
     def __init__(self, in_dims: Mapping[str, int], dim: int = 128) -> None:
-        super().__init__(in_dims)
-        self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in in_dims.items()})
+        super().__init__(in_dims, dim)
         self.score = nn.ModuleDict({m: nn.Linear(dim, 1) for m in in_dims})
-        self.out_dim = dim
         self.last_weights: Tensor | None = None
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
-        present = self._check(features)
-        projected = torch.stack([self.project[m](features[m]) for m in present], dim=1)  # [B, M, dim]
+        present, projected = self.projected(features)  # [B, M, dim]
         scores = torch.cat([self.score[m](torch.tanh(projected[:, i])) for i, m in enumerate(present)], dim=1)
         weights = scores.softmax(dim=1)  # [B, M]
         self.last_weights = weights.detach()
@@ -105,7 +116,7 @@ class AttentionFusion(Fusion):
 
 
 @FUSIONS.register("mean")
-class MeanFusion(Fusion):
+class MeanFusion(_ProjectedFusion):
     """Mean of the modalities after a linear projection of each to a shared dimension.
 
     ``fused = mean_{m present} P_m x_m``; a missing modality is left out of the mean.
@@ -115,16 +126,8 @@ class MeanFusion(Fusion):
         dim: shared projection size.
     """
 
-    supports_missing = True
-
-    def __init__(self, in_dims: Mapping[str, int], dim: int = 128) -> None:
-        super().__init__(in_dims)
-        self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in in_dims.items()})
-        self.out_dim = dim
-
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
-        present = self._check(features)
-        return torch.stack([self.project[m](features[m]) for m in present]).mean(dim=0)
+        return self.projected(features)[1].mean(dim=1)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:

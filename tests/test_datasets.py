@@ -57,7 +57,8 @@ def mini():
     return second, first, t_first, t_second
 
 
-def _check_episode(data, split: str, n_way: int = 5, n_shot: int = 1, n_query: int = 3) -> None:
+def _check_episode(data, split: str, n_way: int = 5, n_shot: int = 1, n_query: int = 3):
+    """Assert that one sampled episode looks right (shapes, value range, labels); returns it."""
     spec = EpisodeSampler(data, split, n_way, n_shot, n_query).sample(np.random.default_rng(0))
     from tasks.episode import TaskSetting
 
@@ -75,6 +76,7 @@ def _check_episode(data, split: str, n_way: int = 5, n_shot: int = 1, n_query: i
     assert set(episode.class_ids.tolist()) <= set(data.split_classes(split).tolist())
     for way, items in enumerate(spec.query):  # every query item belongs to its way's class
         assert (data.labels[list(items)] == spec.class_ids[way]).all()
+    return episode
 
 
 # ----------------------------------------------------------------------------- real data
@@ -119,7 +121,8 @@ def test_omniglot_background_split_and_cache(omniglot):
 
 @needs_shared
 def test_omniglot_episode(omniglot):
-    _check_episode(omniglot[0], "test", n_way=20, n_shot=1, n_query=5)
+    episode = _check_episode(omniglot[0], "test", n_way=20, n_shot=1, n_query=5)
+    assert episode.support["image"].shape == (20, 1, 28, 28) and "text" not in episode.query
 
 
 @needs_shared
