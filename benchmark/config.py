@@ -36,6 +36,9 @@ class TrainConfig:
     val_shot: int = 1
     val_query: int = 15
     checkpoint_every: int = 100  # save a resumable training state every this many steps (0: off)
+    # torch.compile backend for the image backbone during meta-training ("inductor"; "": eager).
+    # Learners with inner-loop gradients (MAML family) always train eagerly; evaluation is eager.
+    compile: str = ""
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Evaluation of a learner on a fixed manifest of episodes."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -14,17 +16,22 @@ from tasks.sampler import EpisodeManifest
 class EmbeddedEpisodes:
     """Episodes built from embeddings computed once per item (for ``fixed_embedding`` learners).
 
-    Each item of the manifest is embedded once per side (support and query may
-    show different modalities); episodes then index the cached embeddings.
+    Each item of the manifest is embedded once, in batches under ``inference_mode``; when
+    the support and query sides show different modalities (e.g. image+text support, image
+    query) the items of each side are embedded with that side's modalities. Episodes then
+    index the cached embeddings ``[n_items, D]``.
     """
 
     def __init__(self, learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest,
                  device: torch.device, batch_size: int = 512) -> None:
         self.loader = loader
         self.tables: dict[str, tuple[np.ndarray, Tensor]] = {}
-        for side in ("support", "query"):
-            items = np.unique(np.concatenate([np.ravel(getattr(e, side)) for e in manifest.episodes]))
-            modalities = getattr(loader.setting, side)
+        setting = loader.setting
+        sides = ("support",) if setting.support == setting.query else ("support", "query")
+        for side in sides:
+            used = ("support", "query") if len(sides) == 1 else (side,)
+            items = np.unique(np.concatenate([np.ravel(getattr(e, s)) for e in manifest.episodes for s in used]))
+            modalities = getattr(setting, side)
             feats = []
             with torch.inference_mode():
                 for i in range(0, len(items), batch_size):
@@ -32,6 +39,7 @@ class EmbeddedEpisodes:
                     inputs = {k: v.to(device) for k, v in loader.side(batch, modalities).items()}
                     feats.append(learner.embed(inputs))
             self.tables[side] = (items, torch.cat(feats).clone())
+        self.tables.setdefault("query", self.tables["support"])
 
     def _lookup(self, side: str, items) -> dict[str, Tensor]:
         index, feats = self.tables[side]
@@ -51,6 +59,18 @@ def evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest,
     Returns:
         ``{"accuracy": float64 [n_episodes], "loss": float64 [n_episodes]}``.
     """
+    with _eager():  # a backbone compiled for training would recompile for every new batch shape
+        return _evaluate(learner, loader, manifest, device, use_embedding_cache, progress)
+
+
+def _eager():
+    """Context that runs compiled modules eagerly (``torch.compiler.set_stance``, torch >= 2.6)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def _evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest, device: torch.device,
+              use_embedding_cache: bool, progress: str | None) -> dict[str, np.ndarray]:
     learner.eval()
     source: EpisodeLoader | EmbeddedEpisodes = loader
     if use_embedding_cache and learner.fixed_embedding:

@@ -21,6 +21,7 @@ Cases:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import platform
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from learners import LEARNERS, ModelSpec
 from learners.base import Learner
@@ -91,7 +93,10 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def compare(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
             warmup: int = 1) -> dict[str, dict]:
-    """Median seconds per call of each function, calls interleaved; peak memory of each."""
+    """Median seconds per call of each function, calls interleaved; peak memory of each.
+
+    Returns name -> ``{"seconds": median, "times": [per round], "peak_memory_mb": ...}``.
+    """
     times: dict[str, list[float]] = {k: [] for k in fns}
     memory = {}
     for name, fn in fns.items():
@@ -102,7 +107,16 @@ def compare(fns: dict[str, Callable[[], object]], repeats: int, device: torch.de
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(timed(fn, device))
-    return {k: {"seconds": statistics.median(v), "peak_memory_mb": memory[k]} for k, v in times.items()}
+    return {k: {"seconds": statistics.median(v), "times": v, "peak_memory_mb": memory[k]} for k, v in times.items()}
+
+
+def speedup(result: dict[str, dict], slow: str, fast: str) -> float:
+    """Median over rounds of ``slow``'s time / ``fast``'s time (each round runs both back to back).
+
+    Pairing the rounds keeps a burst of load from other processes, which slows both, out of the
+    ratio better than a ratio of medians does.
+    """
+    return round(statistics.median(a / b for a, b in zip(result[slow]["times"], result[fast]["times"])), 2)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -120,9 +134,10 @@ def random_dataset(shape: tuple[int, int, int], n_classes: int, per_class: int, 
 
 
 def build(name: str, shape: tuple[int, int, int], device: torch.device, strided: bool = False,
-          **options) -> Learner:
+          channels_last: bool = True, **options) -> Learner:
     torch.manual_seed(0)
-    spec = ModelSpec(("image",), IMAGE, shape, backbone_options={"hidden": 64, "strided": strided})
+    spec = ModelSpec(("image",), IMAGE, shape,
+                     backbone_options={"hidden": 64, "strided": strided, "channels_last": channels_last})
     cls = LEARNERS.get(name)
     return cls(spec, cls.Config(**options)).to(device)
 
@@ -169,9 +184,9 @@ def reference_maml_backward(learner: MAML, batch: Sequence[Episode], steps: int,
 
 
 # -- cases --------------------------------------------------------------------------------------
-def case_sampling(device: torch.device, repeats: int) -> dict:
+def case_sampling(device: torch.device, repeats: int, omniglot_way: int = 60) -> dict:
     out = {}
-    for label, shape, per_class, way, shot, query, classes in (("omniglot_28x28x1", (1, 28, 28), 20, 60, 5, 5, 200),
+    for label, shape, per_class, way, shot, query, classes in (("omniglot_28x28x1", (1, 28, 28), 20, omniglot_way, 5, 5, 200),
                                                       ("miniimagenet_84x84x3", (3, 84, 84), 25, 5, 5, 15, 60)):
         data = random_dataset(shape, classes, per_class)
         sampler = EpisodeSampler(data, "train", way, shot, query)
@@ -195,22 +210,89 @@ def case_sampling(device: torch.device, repeats: int) -> dict:
     return out
 
 
-def case_protonet_train(device: torch.device, repeats: int) -> dict:
+def textbook_conv4(shape: tuple[int, int, int], hidden: int = 64) -> nn.Sequential:
+    """Conv-4 as papers write it: NCHW, conv -> batch norm -> ReLU -> max-pool (the reference)."""
+    layers: list[nn.Module] = []
+    for i in range(4):
+        layers += [nn.Conv2d(shape[0] if i == 0 else hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+@functools.lru_cache(maxsize=None)
+def protonet_variants(device: torch.device, compile_backend: str) -> dict[str, tuple[Learner, torch.optim.Optimizer]]:
+    """ProtoNet on Omniglot-sized images, three ways: ``reference`` (textbook Conv-4), ``eager``
+    (this suite's Conv-4: channels-last, pooling before ReLU) and ``compiled`` (``eager`` through
+    ``torch.compile``, if a backend is given). Same initial weights; built once per run."""
+    out = {}
+    for name in ("reference", "eager", "compiled"):
+        if name == "compiled" and not compile_backend:
+            continue
+        learner = build("protonet", (1, 28, 28), device)
+        if name == "reference":
+            blocks = learner.encoder.encoders["image"].blocks
+            plain = textbook_conv4((1, 28, 28)).to(device)
+            for i in range(4):  # same weights, textbook order
+                plain[4 * i].load_state_dict(blocks[i][0].state_dict())
+                plain[4 * i + 1].load_state_dict(blocks[i][1].state_dict())
+            learner.encoder.encoders["image"] = _Plain(plain, learner.encoder.encoders["image"].out_dim)
+        if name == "compiled":
+            learner.compile_backbone(compile_backend)
+        out[name] = (learner, torch.optim.Adam(learner.parameters(), lr=1e-3))
+    return out
+
+
+class _Plain(nn.Module):
+    def __init__(self, net: nn.Module, out_dim: int) -> None:
+        super().__init__()
+        self.net, self.out_dim = net, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def case_protonet_train(device: torch.device, repeats: int, compile_backend: str, way: int = 60) -> dict:
+    """ProtoNet meta-training steps, Omniglot 60-way 5-shot 5-query, Conv-4-64 (episodes/s)."""
     data = random_dataset((1, 28, 28), 200, 20)
-    batch_pool = episodes(data, "train", 60, 5, 5, 4, device)
-    learner = build("protonet", (1, 28, 28), device)
-    optimiser = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    batch_pool = episodes(data, "train", way, 5, 5, 4, device)
+    variants = protonet_variants(device, compile_backend)
+    compile_s = None
+    if "compiled" in variants:  # the first calls compile (train mode, both batch shapes)
+        start = time.perf_counter()
+        for i in range(2):
+            train_step(*variants["compiled"], [batch_pool[i]])
+        compile_s = round(time.perf_counter() - start, 1)
     it = iter(range(10**9))
-    result = compare({"step": lambda: train_step(learner, optimiser, [batch_pool[next(it) % 4]])}, repeats, device)
-    return {"episode": "60w5s5q", "backbone": "conv4-64", "episodes_per_s": round(1 / result["step"]["seconds"], 2),
-            "peak_memory_mb": result["step"]["peak_memory_mb"]}
+    result = compare({name: (lambda v=v: train_step(*v, [batch_pool[next(it) % 4]])) for name, v in variants.items()},
+                     repeats, device)
+    eps = {k: round(1 / v["seconds"], 2) for k, v in result.items()}
+    out = {"episode": f"{way}w5s5q", "backbone": "conv4-64", "episodes_per_s": eps["eager"],
+           "reference_episodes_per_s": eps["reference"], "ratio": speedup(result, "reference", "eager"),
+           "peak_memory_mb": result["eager"]["peak_memory_mb"],
+           "reference_peak_memory_mb": result["reference"]["peak_memory_mb"]}
+    if "compiled" in variants:
+        out.update({"compiled_backend": compile_backend, "compiled_episodes_per_s": eps["compiled"],
+                    "compiled_ratio": speedup(result, "reference", "compiled"), "compile_s": compile_s,
+                    "compiled_peak_memory_mb": result["compiled"]["peak_memory_mb"]})
+    return out
 
 
 def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch: int = 32) -> dict:
+    """MAML meta-gradients: this suite's learner against the plain per-task loop.
+
+    ``fast`` is :class:`~learners.maml.MAML` as the harness runs it (inner steps of all tasks
+    batched as grouped convolutions, channels-last Conv-4). ``reference`` is
+    :func:`reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
+    learn2learn runs it); ``reference_channels_last`` is the same loop on the channels-last
+    model, which shows how much of the gain the memory layout alone gives.
+    """
     data = random_dataset((1, 28, 28), 200, 20)
     batch = episodes(data, "train", 5, 1, 15, meta_batch, device)
-    learner = build("maml", (1, 28, 28), device, strided=True, first_order=first_order, train_steps=1)
-    learner.train()
+    options = {"first_order": first_order, "train_steps": 1}
+    learner = build("maml", (1, 28, 28), device, strided=True, **options).train()
+    plain = build("maml", (1, 28, 28), device, strided=True, channels_last=False, task_batching=False,
+                  **options).train()
+    plain.load_state_dict(learner.state_dict())
     cfg = learner.config
 
     def fast() -> list[torch.Tensor]:
@@ -218,20 +300,24 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
         learner.loss(batch).backward()
         return [p.grad for p in learner.parameters()]
 
-    def reference() -> list[torch.Tensor]:
-        learner.zero_grad(set_to_none=True)
-        reference_maml_backward(learner, batch, cfg.train_steps, cfg.train_step_size, first_order)
-        return [p.grad for p in learner.parameters()]
+    def reference(model: MAML) -> Callable[[], list[torch.Tensor]]:
+        def run() -> list[torch.Tensor]:
+            model.zero_grad(set_to_none=True)
+            reference_maml_backward(model, batch, cfg.train_steps, cfg.train_step_size, first_order)
+            return [p.grad for p in model.parameters()]
+        return run
 
-    a, b = fast(), reference()
+    a, b = fast(), reference(plain)()
     scale = max(float(g.abs().max()) for g in b)
     diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
-    result = compare({"fast": fast, "reference": reference}, repeats, device, warmup=0)
-    fast_tps = meta_batch / result["fast"]["seconds"]
-    ref_tps = meta_batch / result["reference"]["seconds"]
+    result = compare({"fast": fast, "reference": reference(plain), "reference_channels_last": reference(learner)},
+                     repeats, device)
+    tasks_per_s = {k: round(meta_batch / v["seconds"], 2) for k, v in result.items()}
     return {"episode": "5w1s15q", "meta_batch": meta_batch, "inner_steps": 1, "backbone": "conv4-64-strided",
-            "tasks_per_s": round(fast_tps, 2),
-            "reference_tasks_per_s": round(ref_tps, 2), "ratio": round(fast_tps / ref_tps, 2),
+            "tasks_per_s": tasks_per_s["fast"], "reference_tasks_per_s": tasks_per_s["reference"],
+            "ratio": speedup(result, "reference", "fast"),
+            "reference_channels_last_tasks_per_s": tasks_per_s["reference_channels_last"],
+            "ratio_to_channels_last_reference": speedup(result, "reference_channels_last", "fast"),
             "max_abs_grad_diff": diff, "max_abs_grad": scale,
             "peak_memory_mb": result["fast"]["peak_memory_mb"],
             "reference_peak_memory_mb": result["reference"]["peak_memory_mb"]}
@@ -264,44 +350,56 @@ def case_eval(device: torch.device, n_episodes: int) -> dict:
     return out
 
 
-def case_flops(device: torch.device, repeats: int) -> dict:
+def case_flops(device: torch.device, repeats: int, compile_backend: str, matmul_size: int = 0,
+               way: int = 60) -> dict:
+    """Achieved FLOP/s of the ProtoNet Conv-4 training step (60w5s5q) against a large matmul's."""
     from torch.utils.flop_counter import FlopCounterMode
 
     data = random_dataset((1, 28, 28), 200, 20)
-    batch = episodes(data, "train", 60, 5, 5, 1, device)
-    learner = build("protonet", (1, 28, 28), device)
-    optimiser = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    batch = episodes(data, "train", way, 5, 5, 1, device)
+    variants = protonet_variants(device, compile_backend)
     counter = FlopCounterMode(display=False)
     with counter:
-        train_step(learner, optimiser, batch)
-    flops = counter.get_total_flops()
-    n = 2048 if device.type == "cpu" else 8192
+        train_step(*variants["eager"], batch)
+    flops = counter.get_total_flops()  # convolutions and matmuls of forward + backward
+    n = matmul_size or (2048 if device.type == "cpu" else 8192)
     x, y = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    result = compare({"step": lambda: train_step(learner, optimiser, batch), "matmul": lambda: x @ y},
-                     repeats, device)
-    step_rate = flops / result["step"]["seconds"]
+    fns = {name: (lambda v=v: train_step(*v, batch)) for name, v in variants.items()}
+    result = compare({**fns, "matmul": lambda: x @ y}, repeats, device)
     matmul_rate = 2 * n**3 / result["matmul"]["seconds"]
-    return {"conv4_step_gflop": round(flops / 1e9, 2), "conv4_gflops": round(step_rate / 1e9, 1),
-            "matmul_size": n, "matmul_gflops": round(matmul_rate / 1e9, 1),
-            "fraction_of_matmul": round(step_rate / matmul_rate, 3),
-            "peak_memory_mb": result["step"]["peak_memory_mb"]}
+    rate = {name: flops / result[name]["seconds"] for name in fns}
+    out = {"conv4_step_gflop": round(flops / 1e9, 2), "matmul_size": n, "matmul_gflops": round(matmul_rate / 1e9, 1)}
+    for name in fns:
+        prefix = "conv4" if name == "eager" else f"{name}_conv4"
+        out[f"{prefix}_gflops"] = round(rate[name] / 1e9, 1)
+        out[f"{prefix}_fraction_of_matmul"] = round(rate[name] / matmul_rate, 3)
+    out["peak_memory_mb"] = result["eager"]["peak_memory_mb"]
+    return out
 
 
-def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequence[str] | None = None) -> dict:
-    """Run the cases; returns the JSON-ready result."""
+def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequence[str] | None = None,
+        compile_backend: str = "inductor", smoke: bool = False) -> dict:
+    """Run the cases; returns the JSON-ready result.
+
+    ``smoke`` shrinks every case (1 repeat, meta-batch 4, 20 evaluation episodes, a small matmul)
+    to check the script itself; its figures mean nothing.
+    """
     from benchmark.provenance import package_versions, resolve_device
 
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    repeats = 7 if long else 3
+    repeats = 1 if smoke else 7 if long else 3
+    eval_episodes = 20 if smoke else 600
+    meta_batch = 4 if smoke else 32
+    way = 10 if smoke else 60  # ProtoNet's Omniglot episodes
     all_cases: dict[str, Callable[[], dict]] = {
-        "sampling": lambda: case_sampling(dev, repeats),
-        "protonet_train": lambda: case_protonet_train(dev, repeats * 2),
-        "maml_second_order": lambda: case_maml(dev, repeats, first_order=False),
-        "maml_first_order": lambda: case_maml(dev, repeats, first_order=True),
-        "eval": lambda: case_eval(dev, 600 if long else 150),
-        "flops": lambda: case_flops(dev, repeats),
+        "sampling": lambda: case_sampling(dev, repeats, way),
+        "protonet_train": lambda: case_protonet_train(dev, repeats * 2, compile_backend, way),
+        "maml_second_order": lambda: case_maml(dev, repeats, first_order=False, meta_batch=meta_batch),
+        "maml_first_order": lambda: case_maml(dev, repeats, first_order=True, meta_batch=meta_batch),
+        "eval": lambda: case_eval(dev, eval_episodes),
+        "flops": lambda: case_flops(dev, repeats, compile_backend, 256 if smoke else 0, way),
     }
     unknown = set(cases or ()) - set(all_cases)
     if unknown:
@@ -310,8 +408,8 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
         raise BenchmarkError(f"unknown perf case(s) {sorted(unknown)}; choose from {list(all_cases)}")
     result: dict = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
                     else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                    "mode": "long" if long else "quick", "repeats": repeats, "packages": package_versions(),
-                    "cases": {}}
+                    "mode": "smoke" if smoke else "long" if long else "quick", "repeats": repeats,
+                    "compile_backend": compile_backend, "packages": package_versions(), "cases": {}}
     start = time.perf_counter()
     for name, fn in all_cases.items():
         if cases and name not in cases:
@@ -329,12 +427,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long", action="store_true", help="more repeats: slower, steadier figures")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--cases", default="", help="comma-separated subset of the cases (default: all)")
+    parser.add_argument("--compile", default="inductor", metavar="BACKEND",
+                        help="torch.compile backend for the compiled ProtoNet figures ('' to skip; default: inductor)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script (figures meaningless)")
     parser.add_argument("--out", default="perf.json", help="where to write the JSON (default: perf.json)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()] or None
-    result = run(args.device, args.long, args.threads, cases)
+    result = run(args.device, args.long, args.threads, cases, args.compile, args.smoke)
     text = json.dumps(result, indent=2)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

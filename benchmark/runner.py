@@ -233,6 +233,12 @@ class Benchmark:
                                                                         cfg.episodes)
             saved = first - 1
             log.info("%s: resuming from step %d of %d (%s)", method.label, saved, cfg.episodes, path)
+        if cfg.compile:
+            compiled = learner.compile_backbone(cfg.compile)
+            history["compiled"] = compiled
+            if not compiled:
+                log.warning("%s: train.compile=%s is ignored: this learner trains eagerly (inner-loop gradients "
+                            "or no image backbone)", method.label, cfg.compile)
         kill_at = _test_kill_step(method)
         bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
         for step in bar:

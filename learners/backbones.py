@@ -10,7 +10,9 @@ from learners.registry import BACKBONES
 def _block(c_in: int, c_out: int, strided: bool) -> nn.Sequential:
     if strided:  # Finn et al. 2017: stride-2 convolutions instead of max-pooling
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+    # pooling before the ReLU: max-pooling and ReLU commute exactly (ReLU is monotone), and the
+    # ReLU then runs on a quarter of the values, which matters where memory bandwidth is the limit
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.MaxPool2d(2), nn.ReLU())
 
 
 @BACKBONES.register("conv4")
@@ -18,18 +20,23 @@ class Conv4(nn.Module):
     """The Conv-4 backbone of Vinyals et al. (2016) / Snell et al. (2017).
 
     Four blocks of 3x3 convolution, batch norm, ReLU and 2x2 max-pooling
-    (or stride-2 convolutions with ``strided=True``, as in Finn et al. 2017).
+    (or stride-2 convolutions with ``strided=True``, as in Finn et al. 2017). The pooling
+    runs before the ReLU, which gives the same values and gradients with less memory traffic.
 
     Args:
         image_shape: ``(C, H, W)`` of the input.
         hidden: channels per block (64 for Conv-4-64, 32 for Conv-4-32).
         strided: use stride-2 convolutions instead of max-pooling.
+        channels_last: run in channels-last memory format (faster oneDNN convolutions on CPU;
+            the same results to floating-point tolerance).
 
     Input ``[B, C, H, W]`` -> output ``[B, out_dim]`` (flattened feature map).
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], hidden: int = 64, strided: bool = False) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], hidden: int = 64, strided: bool = False,
+                 channels_last: bool = True) -> None:
         super().__init__()
+        self.channels_last = channels_last
         c = image_shape[0]
         if not strided and min(image_shape[1:]) < 16:
             from tasks.errors import BenchmarkError
@@ -42,6 +49,8 @@ class Conv4(nn.Module):
             self.out_dim = int(self.blocks(torch.zeros(2, *image_shape)).flatten(1).shape[1])
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(x).flatten(1)
 
 

@@ -49,6 +49,9 @@ class Learner(nn.Module, ABC):
     #: relabelling the support classes permutes the logit columns in the same way
     #: (false e.g. for MAML, whose head rows are tied to label positions)
     permutation_equivariant: ClassVar[bool] = True
+    #: the training loss can run through ``torch.compile`` (false where the loss differentiates
+    #: through inner-loop gradients, which compiled graphs do not support)
+    compilable: ClassVar[bool] = True
 
     def __init__(self, spec: ModelSpec, config: "Learner.Config | None" = None) -> None:
         super().__init__()
@@ -84,6 +87,20 @@ class Learner(nn.Module, ABC):
         if EMBEDDING in inputs:
             return inputs[EMBEDDING]
         return self.encoder(inputs)
+
+    def compile_backbone(self, backend: str = "inductor") -> bool:
+        """Compile the image backbone in place with ``torch.compile`` (state-dict keys unchanged).
+
+        Returns False, changing nothing, for learners that are not :attr:`compilable` or have no
+        image backbone. Compilation errors fall back to eager execution (dynamo's ``suppress_errors``).
+        """
+        if not self.compilable or "image" not in self.encoder.encoders:
+            return False
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        self.encoder.encoders["image"].compile(backend=backend)
+        return True
 
     @staticmethod
     def require_state(state: Any) -> Any:

@@ -1,0 +1,94 @@
+"""Task-batched forward passes: all tasks of a meta-batch in one grouped convolution per layer.
+
+MAML's inner loop gives every task its own copy of the weights. Instead of a Python loop
+over tasks, the tasks' activations are laid side by side along the channel axis,
+``[B, T*C, H, W]`` (the "grouped layout"), and each layer runs once for all ``T`` tasks:
+
+* ``Conv2d``: one grouped convolution with ``groups = T * conv.groups`` and the tasks'
+  weights stacked to ``[T*O, I, kh, kw]``;
+* ``BatchNorm2d`` without running statistics (MAML's transductive batch norm): one
+  ``F.batch_norm`` over ``T*C`` channels, so each task gets its own batch statistics;
+* activations and pooling: applied as they are (they act on each channel alone).
+
+The gradient of the summed task losses with respect to the per-task weights ``[T, ...]`` is
+each task's own gradient, so an inner SGD step taken on them is exactly the per-task loop's
+(``tests/test_maml.py`` compares the two, second order included). Only modules listed here
+are supported; :func:`supports` says whether a module can run this way.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: modules without parameters that act on each channel on its own
+PER_CHANNEL = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
+
+
+def supports(module: nn.Module) -> bool:
+    """Whether :func:`forward` can run ``module`` (and everything inside it) task-batched."""
+    from learners.backbones import Conv4
+
+    if isinstance(module, Conv4):
+        return supports(module.blocks)
+    if isinstance(module, nn.Sequential):
+        return all(supports(m) for m in module)
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+    if isinstance(module, nn.BatchNorm2d):
+        return module.running_mean is None  # transductive: batch statistics only
+    return isinstance(module, PER_CHANNEL)
+
+
+def to_grouped(x: Tensor) -> Tensor:
+    """``[T, B, C, H, W]`` -> grouped layout ``[B, T*C, H, W]``."""
+    t, b, c, h, w = x.shape
+    return x.transpose(0, 1).reshape(b, t * c, h, w)
+
+
+def flatten_grouped(h: Tensor, n_tasks: int) -> Tensor:
+    """Grouped layout ``[B, T*C, H, W]`` -> per-task flattened features ``[T, B, C*H*W]``."""
+    b = h.shape[0]
+    return h.reshape(b, n_tasks, -1).transpose(0, 1)
+
+
+def forward(module: nn.Module, params: Mapping[str, Tensor], h: Tensor, n_tasks: int, prefix: str = "") -> Tensor:
+    """Run ``module`` on grouped-layout input ``h [B, T*C, H, W]`` with per-task parameters.
+
+    Args:
+        params: parameter name (as in ``module.named_parameters()``, after ``prefix``) ->
+            per-task values ``[T, *shape]``.
+        n_tasks: ``T``.
+
+    Returns the grouped-layout output, or ``[T, B, D]`` features for a :class:`~learners.backbones.Conv4`.
+    """
+    from learners.backbones import Conv4
+
+    def p(name: str) -> Tensor:
+        return params[prefix + name]
+
+    if isinstance(module, Conv4):
+        return flatten_grouped(forward(module.blocks, params, h, n_tasks, prefix + "blocks."), n_tasks)
+    if isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            h = forward(child, params, h, n_tasks, f"{prefix}{name}.")
+        return h
+    if isinstance(module, nn.Conv2d):
+        weight = p("weight")
+        bias = p("bias").reshape(-1) if module.bias is not None else None
+        return F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), bias, module.stride, module.padding,
+                        module.dilation, n_tasks * module.groups)
+    if isinstance(module, nn.BatchNorm2d):
+        weight = p("weight").reshape(-1) if module.affine else None
+        bias = p("bias").reshape(-1) if module.affine else None
+        return F.batch_norm(h, None, None, weight, bias, training=True, eps=module.eps)
+    if isinstance(module, PER_CHANNEL):
+        return module(h)
+    raise TypeError(f"{type(module).__name__} cannot run task-batched; check taskbatch.supports() first")
+
+
+def linear(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Per-task linear layer: ``features [T, B, D]``, ``weight [T, N, D]``, ``bias [T, N]`` -> ``[T, B, N]``."""
+    return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))

@@ -1,0 +1,155 @@
+"""The speed work changes no numbers: task batching, channels-last, pooling order, cached
+evaluation and compilation each give what the plain implementation gives; the perf script runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import perf
+from benchmark.cli import main
+from benchmark.evaluate import evaluate
+from learners import LEARNERS, ModelSpec
+from learners import taskbatch
+from learners.backbones import Conv4
+from learners.text import BagOfWords
+from tasks.datasets.shapes import generate
+from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
+from tasks.sampler import EpisodeManifest
+from tests.test_cli import TINY, only_run_dir, run_cli
+from tests.test_maml import make, tasks
+
+IMAGE = TaskSetting(("image",), ("image",))
+
+
+def test_conv4_pooling_before_relu_equals_the_textbook_order():
+    torch.manual_seed(0)
+    ours = Conv4((1, 28, 28), hidden=8, channels_last=False).double().train()
+    textbook = perf.textbook_conv4((1, 28, 28), hidden=8).double().train()
+    for i in range(4):
+        textbook[4 * i].load_state_dict(ours.blocks[i][0].state_dict())
+        textbook[4 * i + 1].load_state_dict(ours.blocks[i][1].state_dict())
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    a, b = ours(x), textbook(x)
+    assert torch.equal(a, b)  # max-pooling and ReLU commute exactly
+    ga = torch.autograd.grad(a.square().sum(), list(ours.parameters()))
+    gb = torch.autograd.grad(b.square().sum(), list(textbook.parameters()))
+    for x_, y_ in zip(ga, gb):
+        torch.testing.assert_close(x_, y_, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_channels_last_gives_the_same_features(strided):
+    torch.manual_seed(0)
+    ours = Conv4((3, 32, 32), hidden=8, strided=strided, channels_last=True)
+    plain = Conv4((3, 32, 32), hidden=8, strided=strided, channels_last=False)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 3, 32, 32)
+    torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert ours(x).is_contiguous()  # flattened features come out in the usual order
+
+
+@pytest.mark.parametrize("name,first_order,steps,head", [
+    ("maml", False, 1, "zero"), ("maml", False, 2, "learned"), ("maml", True, 2, "zero"),
+    ("anil", False, 2, "learned"), ("fomaml", True, 1, "learned"),
+])
+def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, steps, head):
+    batched = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3).train()
+    looped = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3, task_batching=False).train()
+    batch = tasks(4)
+    assert batched.can_batch_tasks(batch) and not looped.can_batch_tasks(batch)
+    losses = []
+    for learner in (batched, looped):
+        learner.zero_grad(set_to_none=True)
+        loss = learner.loss(batch)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    for a, b in zip(batched.parameters(), looped.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_task_batching_falls_back_to_the_loop_where_it_cannot_run():
+    batch = tasks(3)
+    assert not make(batch_norm="running").train().can_batch_tasks(batch)  # shared running statistics
+    assert not make(checkpoint=True).train().can_batch_tasks(batch)
+    assert not make().train().can_batch_tasks(batch[:1])
+    uneven = tasks(2) + tasks(1, way=4)
+    assert not make().train().can_batch_tasks(uneven)
+    learner = make().train()
+    loss = learner.loss(uneven)  # falls back and still runs
+    assert torch.isfinite(loss)
+
+
+def test_taskbatch_forward_equals_one_forward_per_task():
+    torch.manual_seed(0)
+    net = Conv4((1, 16, 16), hidden=4, strided=True, channels_last=False).double()
+    torch.func.replace_all_batch_norm_modules_(net)
+    assert taskbatch.supports(net)
+    weights = {n: torch.randn(3, *p.shape, dtype=torch.float64) for n, p in net.named_parameters()}
+    x = torch.randn(3, 5, 1, 16, 16, dtype=torch.float64)
+    together = taskbatch.forward(net, weights, taskbatch.to_grouped(x), 3)
+    for t in range(3):
+        alone = torch.func.functional_call(net, {n: w[t] for n, w in weights.items()}, (x[t],))
+        torch.testing.assert_close(together[t], alone, rtol=1e-10, atol=1e-12)
+    assert not taskbatch.supports(torch.nn.LSTM(3, 3))
+
+
+@pytest.mark.parametrize("support,query,fusion", [
+    ("image", "image", None), ("image+text", "image+text", "attention"), ("image+text", "image", "attention"),
+])
+def test_cached_evaluation_equals_embedding_every_episode(support, query, fusion):
+    data = generate(n_classes=24, items_per_class=10, seed=0)
+    setting = TaskSetting(parse_modalities(support), parse_modalities(query))
+    modalities = parse_modalities(support)
+    text = BagOfWords(list(data.captions), dim=16) if "text" in modalities else None
+    loader = EpisodeLoader(data.images, data.mean, data.std,
+                           text.prepare(data.captions) if text is not None else None, None, setting)
+    spec = ModelSpec(modalities, setting, data.image_shape, backbone_options={"hidden": 8}, text_encoder=text,
+                     fusion=fusion)
+    torch.manual_seed(0)
+    learner = LEARNERS.get("protonet")(spec)
+    manifest = EpisodeManifest.generate(data, "test", 5, 1, 5, 12, seed=0)
+    cached = evaluate(learner, loader, manifest, torch.device("cpu"), use_embedding_cache=True)
+    scratch = evaluate(learner, loader, manifest, torch.device("cpu"), use_embedding_cache=False)
+    assert np.array_equal(cached["accuracy"], scratch["accuracy"])
+    np.testing.assert_allclose(cached["loss"], scratch["loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_backbone_keeps_the_state_dict_and_skips_maml():
+    spec = ModelSpec(("image",), IMAGE, (1, 28, 28), backbone_options={"hidden": 8})
+    torch.manual_seed(0)
+    proto = LEARNERS.get("protonet")(spec)
+    keys = list(proto.state_dict())
+    assert proto.compile_backbone("eager")
+    assert list(proto.state_dict()) == keys
+    maml = LEARNERS.get("maml")(spec)
+    assert not maml.compile_backbone("eager")
+
+
+def test_train_compile_runs_and_is_recorded(tmp_path, capsys):
+    args = TINY + ["--set", "methods=[protonet:image, maml:image]", "--set", "train.compile=eager",
+                   "--set", "train_overrides.maml.way=3", "--shots", "1", "--out", str(tmp_path)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())
+    compiled = {slug: m.get("compiled") for slug, m in record["methods"].items()}
+    assert compiled == {"protonet-image-none": True, "maml-image-none": False}
+
+
+def test_perf_script_smoke(tmp_path):
+    out = tmp_path / "perf.json"
+    assert main(["perf", "--smoke", "--compile", "eager", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    cases = result["cases"]
+    assert set(cases) == {"sampling", "protonet_train", "maml_second_order", "maml_first_order", "eval", "flops"}
+    for key in ("maml_second_order", "maml_first_order"):
+        case = cases[key]
+        assert case["max_abs_grad_diff"] <= 1e-4 * case["max_abs_grad"]  # fast path = reference loop
+        assert case["tasks_per_s"] > 0 and case["reference_tasks_per_s"] > 0 and case["ratio"] > 0
+    assert cases["eval"]["protonet"]["same_accuracies"] is True
+    assert 0 < cases["sampling"]["omniglot_28x28x1"]["fraction_of_train_step"]
+    assert 0 < cases["flops"]["conv4_fraction_of_matmul"] and "compiled_conv4_fraction_of_matmul" in cases["flops"]
+    assert cases["protonet_train"]["compiled_backend"] == "eager"
