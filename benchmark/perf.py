@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.runtime import keep_freed_memory
 from learners import LEARNERS, ModelSpec
 from learners.base import Learner
 from learners.maml import MAML
@@ -386,6 +387,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
     """
     from benchmark.provenance import package_versions, resolve_device
 
+    allocator = keep_freed_memory()  # the same for every implementation measured
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -409,7 +411,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
     result: dict = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
                     else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
                     "mode": "smoke" if smoke else "long" if long else "quick", "repeats": repeats,
-                    "compile_backend": compile_backend, "packages": package_versions(), "cases": {}}
+                    "compile_backend": compile_backend, "allocator": allocator, "packages": package_versions(), "cases": {}}
     start = time.perf_counter()
     for name, fn in all_cases.items():
         if cases and name not in cases:

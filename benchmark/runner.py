@@ -25,6 +25,7 @@ from benchmark.methods import Method, check_names, expand_methods
 from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
 from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
+from benchmark.runtime import keep_freed_memory
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from tasks.datasets import FewShotDataset, load_dataset
 from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
@@ -355,6 +356,7 @@ class Benchmark:
             "val_manifest_sha256": getattr(self, "val_manifest", None) and self.val_manifest.sha256,
             "methods": self.method_records, "skipped": getattr(self, "skipped", {}), "git_commit": git_commit(), "packages": package_versions(),
             "device": str(self.device), "torch_threads": torch.get_num_threads(),
+            "allocator": getattr(self, "allocator", None),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "host": platform.node(), "platform": platform.platform(),
             "wall_time_s": round(time.perf_counter() - start, 2),
@@ -390,6 +392,7 @@ class Benchmark:
 
     def _run(self) -> pd.DataFrame:
         start = time.perf_counter()
+        self.allocator = keep_freed_memory()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.method_records: dict[str, dict] = {}

@@ -35,13 +35,13 @@ class MAML(Learner):
     the current forward batch (support or query) in every forward, also at test
     time. ``batch_norm="running"`` keeps running statistics and uses them at test.
 
-    Meta-training takes the inner steps of all tasks of a meta-batch at once: the tasks'
-    weights become the groups of one grouped convolution (:mod:`learners.taskbatch`; image-only
-    encoders of supported layers, else a per-task loop). The query side then runs task by
-    task. Batching with ``torch.func.vmap`` was measured and not kept: on the 2-core CPU it
-    was 0.45x-1.14x the loop's speed, and ``vmap`` over ``torch.func.grad`` composed with
-    outer autograd gave second-order meta-gradients that disagree with finite differences
-    (torch 2.14) for a learned head or two or more inner steps.
+    Meta-training runs all tasks of a meta-batch at once, inner steps and query side: the
+    tasks' weights become the groups of one grouped convolution (:mod:`learners.taskbatch`;
+    image-only encoders of supported layers, else a per-task loop). Batching with
+    ``torch.func.vmap`` was measured and not kept: on the 2-core CPU it was 0.45x-1.14x the
+    loop's speed, and ``vmap`` over ``torch.func.grad`` composed with outer autograd gave
+    second-order meta-gradients that disagree with finite differences (torch 2.14) for a
+    learned head or two or more inner steps.
 
     Args (``Config``):
         train_steps, train_step_size: inner loop during meta-training.
@@ -231,11 +231,9 @@ class MAML(Learner):
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not self.config.first_order,
                                         allow_unused=True)
             params.update({n: params[n] if g is None else params[n] - step_size * g for n, g in zip(names, grads)})
-        # the query side task by task: one grouped convolution over 75-image batches was slower
-        # on this CPU than a loop of ordinary ones (unbind: one backward node for all tasks)
-        per_task = [dict(zip(params, values)) for values in zip(*(v.unbind(0) for v in params.values()))]
-        losses = [F.cross_entropy(self.logits(p, e.query), e.query_labels) for p, e in zip(per_task, episodes)]
-        return torch.stack(losses).mean()
+        query = torch.stack([e.query["image"] for e in episodes])
+        query_labels = torch.stack([e.query_labels for e in episodes])
+        return F.cross_entropy(self.task_batched_logits(params, query).flatten(0, 1), query_labels.flatten())
 
 
 @LEARNERS.register("fomaml")
