@@ -303,7 +303,7 @@ def record_outcome(outcome: Outcome, results_dir: Path = RESULTS_DIR, data_root:
         dataset_fingerprint=outcome.dataset_fingerprint,
         checkpoint_sha256=hashlib.sha256(checkpoint.read_bytes()).hexdigest() if checkpoint.exists() else "",
         git_commit=git_commit(), date=datetime.date.today().isoformat(),
-        command=f"python run_benchmark.py reproduce {p.name} --data-root {root} --threads 1",
+        command=f"python run_benchmark.py reproduce {p.name} --data-root {root} --threads {torch.get_num_threads()}",
         **outcome.training,
     )
     if not math.isnan(outcome.eval_wall_time_s):

@@ -88,6 +88,14 @@ class Learner(nn.Module, ABC):
             return inputs[EMBEDDING]
         return self.encoder(inputs)
 
+    def predict_episodes(self, episodes: Sequence[Episode]) -> list[Tensor]:
+        """Logits ``[n_query, n_way]`` of each episode after adapting to its own support side.
+
+        The harness evaluates through this; the default adapts one episode at a time, and a
+        learner that can adapt several at once (MAML) overrides it.
+        """
+        return [self.predict(self.adapt(e), e.query) for e in episodes]
+
     def compile_backbone(self, backend: str = "inductor") -> bool:
         """Compile the image backbone in place with ``torch.compile`` (state-dict keys unchanged).
 

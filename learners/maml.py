@@ -213,8 +213,11 @@ class MAML(Learner):
                                      images.shape[0], prefix="encoder.encoders.image.")
         return taskbatch.linear(features, params["head.weight"], params["head.bias"])
 
-    def task_batched_loss(self, episodes: Sequence[Episode]) -> Tensor:
-        """:meth:`loss` with the inner steps of all tasks taken together (same value and gradients)."""
+    def task_batched_adapt(self, episodes: Sequence[Episode], create_graph: bool) -> Params:
+        """Per-task adapted parameters ``name -> [T, *shape]`` after the inner loop of every task.
+
+        The same as :meth:`inner_loop` run on each episode (train or test steps by mode).
+        """
         n_tasks = len(episodes)
         steps, step_size = self._steps()
         params = {}
@@ -229,12 +232,26 @@ class MAML(Learner):
             # the sum over tasks of each task's mean loss: its gradient with respect to task t's
             # copy of the weights is task t's own gradient
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / logits.shape[1]
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not self.config.first_order,
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
                                         allow_unused=True)
             params.update({n: params[n] if g is None else params[n] - step_size * g for n, g in zip(names, grads)})
+        return params
+
+    def task_batched_loss(self, episodes: Sequence[Episode]) -> Tensor:
+        """:meth:`loss` with all tasks run together (same value and gradients)."""
+        params = self.task_batched_adapt(episodes, create_graph=not self.config.first_order)
         query = torch.stack([e.query["image"] for e in episodes])
         query_labels = torch.stack([e.query_labels for e in episodes])
         return F.cross_entropy(self.task_batched_logits(params, query).flatten(0, 1), query_labels.flatten())
+
+    def predict_episodes(self, episodes: Sequence[Episode]) -> list[Tensor]:
+        """Test-time logits of several episodes, adapted together where :meth:`can_batch_tasks` allows."""
+        if not self.can_batch_tasks(episodes):
+            return super().predict_episodes(episodes)
+        with torch.enable_grad():
+            params = {n: p.detach() for n, p in self.task_batched_adapt(episodes, create_graph=False).items()}
+        query = torch.stack([e.query["image"] for e in episodes])
+        return list(self.task_batched_logits(params, query).unbind(0))
 
 
 @LEARNERS.register("fomaml")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,12 @@ def test_committed_row_matches_its_episodes():
     assert round(100 * mean, 2) == row["mean"] and round(100 * ci, 2) == row["ci95"]
     assert committed["manifest_sha256"] == row["manifest_sha256"]
     assert (REPO / "results" / "README.md").read_text().count(COMMITTED) >= 1
+
+
+def test_recorded_rerun_commands_use_the_recorded_thread_count():
+    for _, row in reproduce.read_reproduced().iterrows():
+        threads = re.search(r"(\d+) thread", row["hardware"]).group(1)
+        assert f"--threads {threads}" in row["command"], row["name"]
 
 
 @needs_omniglot

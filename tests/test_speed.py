@@ -134,6 +134,20 @@ def test_cached_evaluation_equals_embedding_every_episode(support, query, fusion
     np.testing.assert_allclose(cached["loss"], scratch["loss"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["maml", "anil"])
+def test_batched_maml_evaluation_equals_one_episode_at_a_time(name):
+    data = perf.random_dataset((1, 16, 16), 30, 12)
+    loader = EpisodeLoader(data.images, data.mean, data.std, setting=IMAGE)
+    manifest = EpisodeManifest.generate(data, "test", 5, 1, 5, 10, seed=0)
+    torch.manual_seed(0)
+    spec = ModelSpec(("image",), IMAGE, (1, 16, 16), backbone_options={"hidden": 8, "strided": True})
+    learner = LEARNERS.get(name)(spec, LEARNERS.get(name).Config(test_steps=2))
+    batched = evaluate(learner, loader, manifest, torch.device("cpu"), batch_size=4)  # 4 + 4 + 2 episodes
+    single = evaluate(learner, loader, manifest, torch.device("cpu"), batch_size=1)
+    assert np.array_equal(batched["accuracy"], single["accuracy"])
+    np.testing.assert_allclose(batched["loss"], single["loss"], rtol=1e-4)
+
+
 def test_compile_backbone_keeps_the_state_dict_and_skips_maml():
     spec = ModelSpec(("image",), IMAGE, (1, 28, 28), backbone_options={"hidden": 8})
     torch.manual_seed(0)
