@@ -45,6 +45,8 @@ class Conv4(nn.Module):
                                  f"{image_shape[1]}x{image_shape[2]}; use larger images (e.g. --set "
                                  "dataset_options.image_size=28) or backbone_options.strided=true")
         self.blocks = nn.Sequential(*[_block(c if i == 0 else hidden, hidden, strided) for i in range(4)])
+        if channels_last:  # weights too: a one-channel input alone is ambiguous, and convolutions then pick NCHW
+            self.blocks.to(memory_format=torch.channels_last)
         with torch.no_grad():
             self.out_dim = int(self.blocks(torch.zeros(2, *image_shape)).flatten(1).shape[1])
 
