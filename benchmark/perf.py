@@ -71,6 +71,19 @@ def reset_peak(device: torch.device) -> None:
         pass
 
 
+def current_mb(device: torch.device) -> float:
+    """Memory in use now (MiB): CUDA allocated, else the process's resident set."""
+    if device.type == "cuda":
+        return round(torch.cuda.memory_allocated(device) / 2**20, 1)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
 def peak_mb(device: torch.device) -> float:
     """Peak memory (MiB) since :func:`reset_peak`: CUDA allocated, else the process's peak RSS."""
     if device.type == "cuda":
@@ -96,19 +109,23 @@ def compare(fns: dict[str, Callable[[], object]], repeats: int, device: torch.de
             warmup: int = 1) -> dict[str, dict]:
     """Median seconds per call of each function, calls interleaved; peak memory of each.
 
-    Returns name -> ``{"seconds": median, "times": [per round], "peak_memory_mb": ...}``.
+    Returns name -> ``{"seconds": median, "times": [per round], "peak_memory_mb": peak during the
+    warm-up calls, "peak_growth_mb": that peak minus the memory in use before them}``.
     """
     times: dict[str, list[float]] = {k: [] for k in fns}
-    memory = {}
+    memory, growth = {}, {}
     for name, fn in fns.items():
         reset_peak(device)
+        before = current_mb(device)
         for _ in range(warmup):
             fn()
         memory[name] = peak_mb(device)
+        growth[name] = round(memory[name] - before, 1)
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(timed(fn, device))
-    return {k: {"seconds": statistics.median(v), "times": v, "peak_memory_mb": memory[k]} for k, v in times.items()}
+    return {k: {"seconds": statistics.median(v), "times": v, "peak_memory_mb": memory[k],
+                "peak_growth_mb": growth[k]} for k, v in times.items()}
 
 
 def speedup(result: dict[str, dict], slow: str, fast: str) -> float:
@@ -326,7 +343,30 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
             "ratio_to_channels_last_reference": speedup(result, "reference_channels_last", "fast"),
             "max_abs_grad_diff": diff, "max_abs_grad": scale, "reference_reordered_max_abs_grad_diff": noise,
             "peak_memory_mb": result["fast"]["peak_memory_mb"],
-            "reference_peak_memory_mb": result["reference"]["peak_memory_mb"]}
+            "reference_peak_memory_mb": result["reference"]["peak_memory_mb"],
+            "peak_growth_mb": result["fast"]["peak_growth_mb"],
+            "reference_peak_growth_mb": result["reference"]["peak_growth_mb"]}
+
+
+def case_maml_memory(device: torch.device, meta_batch: int = 8, steps: int = 5) -> dict:
+    """Second-order MAML with many inner steps: peak memory and tasks/s of the batched path, the
+    per-task loop with gradient checkpointing, and first order (5w1s15q, strided Conv-4-64)."""
+    data = random_dataset((1, 28, 28), 200, 20)
+    batch = episodes(data, "train", 5, 1, 15, meta_batch, device)
+    variants = {"second_order": {}, "second_order_checkpointed": {"checkpoint": True},
+                "first_order": {"first_order": True}}
+    out: dict = {"episode": "5w1s15q", "meta_batch": meta_batch, "inner_steps": steps}
+    for name, options in variants.items():
+        learner = build("maml", (1, 28, 28), device, strided=True, train_steps=steps, **options).train()
+
+        def step(learner: MAML = learner) -> None:
+            learner.zero_grad(set_to_none=True)
+            learner.loss(batch).backward()
+
+        result = compare({name: step}, 1, device)[name]
+        out[name] = {"tasks_per_s": round(meta_batch / result["seconds"], 2), "peak_memory_mb": result["peak_memory_mb"],
+                     "peak_growth_mb": result["peak_growth_mb"]}
+    return out
 
 
 def case_eval(device: torch.device, n_episodes: int) -> dict:
@@ -421,6 +461,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
         "protonet_train": lambda: case_protonet_train(dev, repeats * 2, compile_backend, way),
         "maml_second_order": lambda: case_maml(dev, repeats, first_order=False, meta_batch=meta_batch),
         "maml_first_order": lambda: case_maml(dev, repeats, first_order=True, meta_batch=meta_batch),
+        "maml_memory": lambda: case_maml_memory(dev, meta_batch=2 if smoke else 8, steps=2 if smoke else 5),
         "eval": lambda: case_eval(dev, eval_episodes),
         "flops": lambda: case_flops(dev, repeats, compile_backend, 256 if smoke else 0, way),
     }

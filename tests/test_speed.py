@@ -209,7 +209,9 @@ def test_perf_script_smoke(tmp_path):
     assert main(["perf", "--smoke", "--compile", "eager", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     cases = result["cases"]
-    assert set(cases) == {"sampling", "protonet_train", "maml_second_order", "maml_first_order", "eval", "flops"}
+    assert set(cases) == {"sampling", "protonet_train", "maml_second_order", "maml_first_order", "maml_memory", "eval",
+                          "flops"}
+    assert all(cases["maml_memory"][k]["peak_memory_mb"] > 0 for k in ("second_order", "second_order_checkpointed"))
     for key in ("maml_second_order", "maml_first_order"):
         case = cases[key]
         assert case["max_abs_grad_diff"] <= 1e-4 * case["max_abs_grad"]  # fast path = reference loop
