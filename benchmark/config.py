@@ -107,6 +107,10 @@ class ExperimentConfig:
         for key, value in (("train.weight_decay", self.train.weight_decay), ("train.grad_clip", self.train.grad_clip)):
             if value < 0:
                 raise BenchmarkError(f"config value {key}={value} is out of range: it must be >= 0")
+        if self.train.compile:
+            from benchmark.runtime import check_compile_backend
+
+            check_compile_backend(self.train.compile)
         for key, values in (("learners", self.learners), ("modalities", self.modalities),
                             ("eval.ways", self.eval.ways), ("eval.shots", self.eval.shots)):
             if not values:

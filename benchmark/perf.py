@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.runtime import keep_freed_memory
+from benchmark.runtime import check_compile_backend, keep_freed_memory
 from learners import LEARNERS, ModelSpec
 from learners.base import Learner
 from learners.maml import MAML
@@ -448,6 +448,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
     """
     from benchmark.provenance import package_versions, resolve_device
 
+    check_compile_backend(compile_backend, "--compile")
     allocator = keep_freed_memory()  # the same for every implementation measured
     if threads:
         torch.set_num_threads(threads)

@@ -25,7 +25,7 @@ from benchmark.methods import Method, check_names, expand_methods
 from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
 from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
-from benchmark.runtime import keep_freed_memory
+from benchmark.runtime import check_compile_backend, keep_freed_memory
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from tasks.datasets import FewShotDataset, load_dataset
 from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
@@ -235,6 +235,7 @@ class Benchmark:
             saved = first - 1
             log.info("%s: resuming from step %d of %d (%s)", method.label, saved, cfg.episodes, path)
         if cfg.compile:
+            check_compile_backend(cfg.compile, f"train_overrides.{method.learner}.compile")
             compiled = learner.compile_backbone(cfg.compile)
             history["compiled"] = compiled
             if not compiled:

@@ -42,3 +42,16 @@ def keep_freed_memory() -> dict[str, object]:
             _state.update(keep_freed_memory=False, reason=f"no glibc mallopt ({err})")
     log.debug("allocator: %s", _state)
     return dict(_state)
+
+
+def check_compile_backend(backend: str, key: str = "train.compile") -> None:
+    """Raise a clear error unless ``backend`` is empty (eager) or a ``torch.compile`` backend."""
+    if not backend:
+        return
+    from torch._dynamo import list_backends
+
+    from tasks.errors import BenchmarkError
+
+    if backend not in list_backends(exclude_tags=()):
+        raise BenchmarkError(f"{key}={backend!r} is not a torch.compile backend; use one of "
+                             f"{sorted(list_backends())} (inductor is the usual one), or '' for none")

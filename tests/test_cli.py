@@ -127,6 +127,7 @@ BAD_INPUTS = [
     ("wrong type", lambda p: ["--config", _yaml(p, "seed: abc\n")], "seed: expected an integer"),
     ("out of range", ["--set", "train.shot=0"], "train.shot=0 is out of range"),
     ("negative learning rate", ["--set", "train.lr=-1"], "train.lr=-1.0 is out of range"),
+    ("unknown compile backend", ["--set", "train.compile=foo"], "train.compile='foo' is not a torch.compile backend"),
     ("malformed method", ["--set", "methods=[protonet]"], "is not 'learner:modalities\\[:fusion\\]'"),
     ("validation settings per learner", ["--set", "train_overrides.maml.val_way=3"],
      "cannot differ per learner"),
