@@ -57,8 +57,9 @@ def evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest,
              batch_size: int = 32) -> dict[str, np.ndarray]:
     """Accuracy and loss of every episode of ``manifest``.
 
-    Episodes go to :meth:`Learner.predict_episodes` ``batch_size`` at a time (MAML adapts them
-    together; 1 gives the one-episode-at-a-time loop).
+    Episodes go to :meth:`Learner.predict_episodes` ``batch_size`` at a time when the learner
+    overrides it (MAML adapts them together); other learners get one episode at a time, so only
+    one episode's inputs are ever loaded for them.
 
     Returns:
         ``{"accuracy": float64 [n_episodes], "loss": float64 [n_episodes]}``.
@@ -82,6 +83,8 @@ def _evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest
     accuracy = np.zeros(len(manifest.episodes))
     loss = np.zeros(len(manifest.episodes))
     specs = manifest.episodes
+    if type(learner).predict_episodes is Learner.predict_episodes:
+        batch_size = 1
     bar = tqdm(total=len(specs), desc=progress, leave=False, disable=progress is None, mininterval=1)
     with torch.no_grad():
         for start in range(0, len(specs), batch_size):
