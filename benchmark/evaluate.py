@@ -27,10 +27,11 @@ class EmbeddedEpisodes:
         self.loader = loader
         self.tables: dict[str, tuple[np.ndarray, Tensor]] = {}
         setting = loader.setting
-        sides = ("support",) if setting.support == setting.query else ("support", "query")
-        for side in sides:
-            used = ("support", "query") if len(sides) == 1 else (side,)
-            items = np.unique(np.concatenate([np.ravel(getattr(e, s)) for e in manifest.episodes for s in used]))
+        # one table when both sides show the same modalities, else one per side
+        tables = ({"support": ("support", "query")} if setting.support == setting.query
+                  else {"support": ("support",), "query": ("query",)})
+        for side, sides in tables.items():
+            items = np.unique(np.concatenate([np.ravel(getattr(e, s)) for e in manifest.episodes for s in sides]))
             modalities = getattr(setting, side)
             feats = []
             with torch.inference_mode():

@@ -6,15 +6,17 @@ same run, interleaved (A, B, A, B, ...), and each throughput is the median over 
 that load from other processes hits both sides alike. Data is random uint8 images of the
 benchmark's shapes, so no dataset is needed.
 
-Cases:
+Cases (the references are in :mod:`benchmark.references`, the timing in :mod:`benchmark.measure`):
   * ``sampling``: episode sampling + batching (episodes/s) for 28x28x1 and 84x84x3 images, as
     a fraction of a ProtoNet training step on the same episodes;
-  * ``protonet_train``: ProtoNet meta-training, Omniglot-sized 60-way 5-shot 5-query, Conv-4-64;
+  * ``protonet_train``: ProtoNet meta-training, Omniglot-sized 60-way 5-shot 5-query, this suite's
+    Conv-4-64 (eager and compiled) against the textbook Conv-4;
   * ``maml_second_order`` / ``maml_first_order``: 5-way 1-shot 15-query, meta-batch 32, one
-    inner step, strided Conv-4-64 (tasks/s) against the plain per-task loop of
-    :func:`reference_maml_backward`, with the largest gradient difference;
-  * ``eval_protonet`` (cached embeddings vs embedding every episode, with accuracies compared)
-    and ``eval_maml``: 600 test episodes of 5-way 1-shot 15-query;
+    inner step, strided Conv-4-64 (tasks/s) against the plain per-task loop, with the largest
+    gradient difference and the float32 noise floor;
+  * ``maml_memory``: 5 inner steps, meta-batch 8: batched, gradient-checkpointed, first order;
+  * ``eval``: 600 test episodes of 5-way 1-shot 15-query; ProtoNet with cached embeddings vs
+    embedding every episode, MAML adapting 32 episodes together vs one at a time;
   * ``flops``: achieved floating-point rate of the Conv-4 ProtoNet training step against a large
     matrix multiplication measured in the same run.
 """
@@ -25,17 +27,15 @@ import functools
 import json
 import logging
 import platform
-import resource
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from benchmark.measure import compare, peak_mb, reset_peak, speedup, timed
+from benchmark.references import reference_maml_backward, textbook_conv4
 from benchmark.runtime import check_compile_backend, keep_freed_memory
 from learners import LEARNERS, ModelSpec
 from learners.base import Learner
@@ -47,94 +47,6 @@ from tasks.sampler import EpisodeManifest, EpisodeSampler
 log = logging.getLogger(__name__)
 
 IMAGE = TaskSetting(("image",), ("image",))
-
-
-# -- measurement helpers ------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak(device: torch.device) -> None:
-    """Start a new peak-memory window (CUDA allocator, or the process's peak RSS on Linux)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        import ctypes
-        import gc
-
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed memory back so the new peak starts low
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
-    except (OSError, AttributeError):
-        pass
-
-
-def current_mb(device: torch.device) -> float:
-    """Memory in use now (MiB): CUDA allocated, else the process's resident set."""
-    if device.type == "cuda":
-        return round(torch.cuda.memory_allocated(device) / 2**20, 1)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return float("nan")
-
-
-def peak_mb(device: torch.device) -> float:
-    """Peak memory (MiB) since :func:`reset_peak`: CUDA allocated, else the process's peak RSS."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def compare(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-            warmup: int = 1) -> dict[str, dict]:
-    """Median seconds per call of each function, calls interleaved; peak memory of each.
-
-    Returns name -> ``{"seconds": median, "times": [per round], "peak_memory_mb": peak during the
-    warm-up calls, "peak_growth_mb": that peak minus the memory in use before them}``.
-    """
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    memory, growth = {}, {}
-    for name, fn in fns.items():
-        reset_peak(device)
-        before = current_mb(device)
-        for _ in range(warmup):
-            fn()
-        memory[name] = peak_mb(device)
-        growth[name] = round(memory[name] - before, 1)
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device))
-    return {k: {"seconds": statistics.median(v), "times": v, "peak_memory_mb": memory[k],
-                "peak_growth_mb": growth[k]} for k, v in times.items()}
-
-
-def speedup(result: dict[str, dict], slow: str, fast: str) -> float:
-    """Median over rounds of ``slow``'s time / ``fast``'s time (each round runs both back to back).
-
-    Pairing the rounds keeps a burst of load from other processes, which slows both, out of the
-    ratio better than a ratio of medians does.
-    """
-    return round(statistics.median(a / b for a, b in zip(result[slow]["times"], result[fast]["times"])), 2)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -177,30 +89,6 @@ def train_step(learner: Learner, optimiser: torch.optim.Optimizer, batch: Sequen
     return loss.item()
 
 
-# -- the reference MAML loop --------------------------------------------------------------------
-def reference_maml_backward(learner: MAML, batch: Sequence[Episode], steps: int, step_size: float,
-                            first_order: bool) -> None:
-    """The plain per-task loop (as learn2learn does it); accumulates meta-gradients in ``.grad``.
-
-    For each task: clone the parameters, take ``steps`` inner SGD steps with
-    ``torch.autograd.grad(create_graph=not first_order)`` on the support loss, and call
-    ``backward`` on the task's query loss divided by the meta-batch size.
-    """
-    for episode in batch:
-        params = {}
-        for name, value in learner.initial_params(episode.n_way).items():
-            if not value.requires_grad:
-                value = value.requires_grad_()
-            params[name] = value.clone()
-        names = [n for n in params if learner.is_inner(n)]
-        for _ in range(steps):
-            loss = F.cross_entropy(learner.logits(params, episode.support), episode.support_labels)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order)
-            params = {**params, **{n: params[n] - step_size * g for n, g in zip(names, grads)}}
-        query_loss = F.cross_entropy(learner.logits(params, episode.query), episode.query_labels)
-        (query_loss / len(batch)).backward()
-
-
 # -- cases --------------------------------------------------------------------------------------
 def case_sampling(device: torch.device, repeats: int, omniglot_way: int = 60) -> dict:
     out = {}
@@ -228,15 +116,6 @@ def case_sampling(device: torch.device, repeats: int, omniglot_way: int = 60) ->
     return out
 
 
-def textbook_conv4(shape: tuple[int, int, int], hidden: int = 64) -> nn.Sequential:
-    """Conv-4 as papers write it: NCHW, conv -> batch norm -> ReLU -> max-pool (the reference)."""
-    layers: list[nn.Module] = []
-    for i in range(4):
-        layers += [nn.Conv2d(shape[0] if i == 0 else hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
-                   nn.ReLU(), nn.MaxPool2d(2)]
-    return nn.Sequential(*layers, nn.Flatten())
-
-
 @functools.lru_cache(maxsize=None)
 def protonet_variants(device: torch.device, compile_backend: str) -> dict[str, tuple[Learner, torch.optim.Optimizer]]:
     """ProtoNet on Omniglot-sized images, three ways: ``reference`` (textbook Conv-4), ``eager``
@@ -253,20 +132,12 @@ def protonet_variants(device: torch.device, compile_backend: str) -> dict[str, t
             for i in range(4):  # same weights, textbook order
                 plain[4 * i].load_state_dict(blocks[i][0].state_dict())
                 plain[4 * i + 1].load_state_dict(blocks[i][1].state_dict())
-            learner.encoder.encoders["image"] = _Plain(plain, learner.encoder.encoders["image"].out_dim)
+            plain.out_dim = learner.encoder.encoders["image"].out_dim  # what the encoder reads
+            learner.encoder.encoders["image"] = plain
         if name == "compiled":
             learner.compile_backbone(compile_backend)
         out[name] = (learner, torch.optim.Adam(learner.parameters(), lr=1e-3))
     return out
-
-
-class _Plain(nn.Module):
-    def __init__(self, net: nn.Module, out_dim: int) -> None:
-        super().__init__()
-        self.net, self.out_dim = net, out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def case_protonet_train(device: torch.device, repeats: int, compile_backend: str, way: int = 60) -> dict:
@@ -300,7 +171,7 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
 
     ``fast`` is :class:`~learners.maml.MAML` as the harness runs it (inner steps of all tasks
     batched as grouped convolutions, channels-last Conv-4). ``reference`` is
-    :func:`reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
+    :func:`~benchmark.references.reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
     learn2learn runs it); ``reference_channels_last`` is the same loop on the channels-last
     model, which shows how much of the gain the memory layout alone gives.
     """

@@ -11,6 +11,7 @@ import torch
 from benchmark import perf
 from benchmark.cli import main
 from benchmark.evaluate import evaluate
+from benchmark.references import reference_maml_backward, textbook_conv4
 from learners import LEARNERS, ModelSpec
 from learners import taskbatch
 from learners.backbones import Conv4
@@ -27,7 +28,7 @@ IMAGE = TaskSetting(("image",), ("image",))
 def test_conv4_pooling_before_relu_equals_the_textbook_order():
     torch.manual_seed(0)
     ours = Conv4((1, 28, 28), hidden=8, channels_last=False).double().train()
-    textbook = perf.textbook_conv4((1, 28, 28), hidden=8).double().train()
+    textbook = textbook_conv4((1, 28, 28), hidden=8).double().train()
     for i in range(4):
         textbook[4 * i].load_state_dict(ours.blocks[i][0].state_dict())
         textbook[4 * i + 1].load_state_dict(ours.blocks[i][1].state_dict())
@@ -110,7 +111,7 @@ def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size():
                        task_batching=False).double().train()
     assert fast.can_batch_tasks(batch)
     fast.loss(batch).backward()
-    perf.reference_maml_backward(plain, batch, 1, plain.config.train_step_size, first_order=False)
+    reference_maml_backward(plain, batch, 1, plain.config.train_step_size, first_order=False)
     double = [Episode(support={"image": e.support["image"].double()}, support_labels=e.support_labels,
                       query={"image": e.query["image"].double()}, query_labels=e.query_labels,
                       class_ids=e.class_ids) for e in batch]
