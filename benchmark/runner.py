@@ -2,30 +2,28 @@
 evaluate it on fixed test manifests and write rows, summaries and ``run.json``."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import platform
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from benchmark.checkpoint import RunLock, check_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from benchmark.checkpoint import RunLock
 from benchmark.config import ExperimentConfig, component_config, to_dict, train_config
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, expand_methods
 from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
 from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
-from benchmark.runtime import check_compile_backend, keep_freed_memory
+from benchmark.runtime import keep_freed_memory
+from benchmark.training import meta_train
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from tasks.datasets import FewShotDataset, load_dataset
 from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
@@ -205,112 +203,16 @@ class Benchmark:
             raise BenchmarkError(f"options for {method.label}: {err}") from None
 
     def train(self, learner: Learner, method: Method) -> dict:
-        """Episodic meta-training with validation-based model selection; keeps the best state.
-
-        Every ``train.checkpoint_every`` steps the whole training state is saved to
-        ``checkpoints/<slug>.train.pt``; with ``resume`` a later run continues from it and
-        computes exactly what an uninterrupted run computes (see :mod:`benchmark.checkpoint`).
-
-        Raises:
-            BenchmarkError: a non-finite loss (names the step, the learner and the last finite
-                loss; the last good checkpoint is kept), or an unusable checkpoint.
-        """
-        cfg = train_config(self.cfg, method.learner)
-        params = [p for p in learner.parameters() if p.requires_grad]
-        history = {"best_step": 0, "best_val_accuracy": None, "val": []}
-        if cfg.episodes == 0 or not params:
-            return history
-        loader = self._loader(self.setting, learner)  # train on episodes shown as at test time
-        sampler = self.samplers[method.learner]
-        optimiser = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = (torch.optim.lr_scheduler.StepLR(optimiser, cfg.lr_decay_every, gamma=0.5)
-                     if cfg.lr_decay_every else None)
-        rng = np.random.default_rng(self.seeds["train_episodes"])
-        best_state, best = copy.deepcopy(learner.state_dict()), -1.0
-        path = self.train_checkpoint(method)
-        first, saved, last_loss = 1, None, None
-        if self.resume and path.exists():
-            first, best, best_state, history, last_loss = self._restore(path, learner, optimiser, scheduler, rng,
-                                                                        cfg.episodes)
-            saved = first - 1
-            log.info("%s: resuming from step %d of %d (%s)", method.label, saved, cfg.episodes, path)
-        if cfg.compile:
-            check_compile_backend(cfg.compile, f"train_overrides.{method.learner}.compile")
-            compiled = learner.compile_backbone(cfg.compile)
-            history["compiled"] = compiled
-            if not compiled:
-                log.warning("%s: train.compile=%s is ignored: this learner trains eagerly (inner-loop gradients "
-                            "or no image backbone)", method.label, cfg.compile)
-        kill_at = _test_kill_step(method)
-        bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
-        for step in bar:
-            learner.train()
-            episodes = [loader.load(sampler.sample(rng, step)).to(self.device)
-                        for _ in range(cfg.meta_batch)]
-            loss = learner.loss(episodes)
-            if not torch.isfinite(loss):
-                kept = (f"the last good checkpoint (step {saved}) is kept in {path}" if saved else
-                        "no checkpoint was saved yet")
-                raise BenchmarkError(
-                    f"{method.label}: the training loss became {loss.item()} at step {step} (last finite loss "
-                    f"{'none' if last_loss is None else f'{last_loss:.6g}'}); {kept}. "
-                    "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)")
-            last_loss = float(loss.item())
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimiser.step()
-            if scheduler is not None:
-                scheduler.step()
-            if step % cfg.val_every == 0 or step == cfg.episodes:
-                val = float(evaluate(learner, loader, self.val_manifest, self.device)["accuracy"].mean())
-                history["val"].append({"step": step, "loss": last_loss, "val_accuracy": val})
-                bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{100 * val:.1f}")
-                if val > best:
-                    best, best_state = val, copy.deepcopy(learner.state_dict())
-                    history.update(best_step=step, best_val_accuracy=val)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes:
-                save_checkpoint(path, {
-                    "method": method.slug, "step": step, "model": learner.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": rng_state(rng, self.device), "best": best, "best_state": best_state,
-                    "history": history, "last_loss": last_loss,
-                })
-                saved = step
-            if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook (MMFS_TEST_KILL_AT_STEP): die like an OOM kill
-        learner.load_state_dict(best_state)
-        return history
+        """Meta-train ``method``'s learner on episodes shown as at test time; returns its history
+        (see :func:`benchmark.training.meta_train`)."""
+        return meta_train(learner, method, train_config(self.cfg, method.learner),
+                          lambda: self._loader(self.setting, learner), self.samplers[method.learner],
+                          self.val_manifest, self.device, self.seeds["train_episodes"],
+                          self.train_checkpoint(method), self.resume)
 
     def train_checkpoint(self, method: Method) -> Path:
         """Where the resumable training state of ``method`` is kept while it trains."""
         return self.run_dir / "checkpoints" / f"{method.slug}.train.pt"
-
-    def _restore(self, path: Path, learner: Learner, optimiser, scheduler, rng: np.random.Generator,
-                 episodes: int):
-        """Load a training checkpoint into the learner, optimiser, scheduler and generators."""
-        state = load_checkpoint(path)
-        try:
-            step, best, history = int(state["step"]), float(state["best"]), state["history"]
-            model, best_state, last_loss = state["model"], state["best_state"], state["last_loss"]
-            check_state_dict(learner, model, f"checkpoint {path}")
-            check_state_dict(learner, best_state, f"checkpoint {path} (best state)")
-            learner.load_state_dict(model)
-            optimiser.load_state_dict(state["optimiser"])
-            if (scheduler is None) != (state["scheduler"] is None):
-                raise ValueError("the learning-rate schedule differs")
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(rng, state["rng"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as err:
-            raise BenchmarkError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {err}); "
-                                 "delete it or use --no-resume to train this method from scratch") from None
-        if step >= episodes:
-            raise BenchmarkError(f"checkpoint {path} is at step {step}, beyond train.episodes="
-                                 f"{episodes}; delete it or use --no-resume")
-        return step + 1, best, best_state, history, last_loss
 
     def run_method(self, method: Method) -> list[dict]:
         start = time.perf_counter()
@@ -441,12 +343,3 @@ class Benchmark:
             self._write_run_json(status, start)
         except BenchmarkError as err:
             log.warning("could not update run.json: %s", err)
-
-
-def _test_kill_step(method: Method) -> int | None:
-    """Test hook: ``MMFS_TEST_KILL_AT_STEP=N`` or ``SLUG:N`` SIGKILLs this process after step N."""
-    value = os.environ.get("MMFS_TEST_KILL_AT_STEP", "")
-    if not value:
-        return None
-    slug, _, step = value.rpartition(":")
-    return int(step) if slug in ("", method.slug) else None
