@@ -370,12 +370,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
+    from benchmark.results import atomic_write_text
+    from tasks.errors import BenchmarkError
+
+    out = Path(args.out)
+    try:  # before minutes of measuring: an unwritable --out must not lose the figures
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        with open(out, "a"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as err:
+        raise BenchmarkError(f"cannot write --out {out}: {err.strerror or err}; choose a writable path") from None
     cases = [c.strip() for c in args.cases.split(",") if c.strip()] or None
     result = run(args.device, args.long, args.threads, cases, args.compile, args.smoke)
     text = json.dumps(result, indent=2)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    atomic_write_text(out, text + "\n")
     return 0
 
 

@@ -221,3 +221,16 @@ def test_perf_script_smoke(tmp_path):
     assert 0 < cases["sampling"]["omniglot_28x28x1"]["fraction_of_train_step"]
     assert 0 < cases["flops"]["conv4_fraction_of_matmul"] and "compiled_conv4_fraction_of_matmul" in cases["flops"]
     assert cases["protonet_train"]["compiled_backend"] == "eager"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "/proc/no-such-dir/perf.json"], "cannot write --out"),
+    (["--compile", "no-such-backend"], "is not a torch.compile backend"),
+    (["--cases", "sampling,nope"], "unknown perf case"),
+])
+def test_perf_bad_input_fails_fast_with_a_named_error(tmp_path, capsys, args, message):
+    out = tmp_path / "perf.json"
+    assert main(["perf", "--smoke", "--out", str(out), *args]) == 2  # a later --out wins
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written, no empty file left by the writability probe
+
