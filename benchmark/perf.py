@@ -13,8 +13,10 @@ Cases (the references are in :mod:`benchmark.references`, the timing in :mod:`be
     Conv-4-64 (eager and compiled) against the textbook Conv-4;
   * ``maml_second_order`` / ``maml_first_order``: 5-way 1-shot 15-query, meta-batch 32, one
     inner step, strided Conv-4-64 (tasks/s) against the plain per-task loop, with the largest
-    gradient difference and the float32 noise floor;
-  * ``maml_memory``: 5 inner steps, meta-batch 8: batched, gradient-checkpointed, first order;
+    gradient difference, the float32 noise floor, and the query side alone (forward and backward
+    at the adapted weights, which batching the inner loops cannot remove) with the ceiling it sets;
+  * ``maml_memory``: 5 inner steps, meta-batch 8: batched (query side in chunks of 4 tasks and
+    all at once), gradient-checkpointed, first order;
   * ``eval``: 600 test episodes of 5-way 1-shot 15-query; ProtoNet with cached embeddings vs
     embedding every episode, MAML adapting 32 episodes together vs one at a time;
   * ``flops``: achieved floating-point rate of the Conv-4 ProtoNet training step against a large
@@ -27,12 +29,14 @@ import functools
 import json
 import logging
 import platform
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from benchmark.measure import compare, peak_mb, reset_peak, speedup, timed
 from benchmark.references import reference_maml_backward, textbook_conv4
@@ -204,14 +208,41 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     plain.zero_grad(set_to_none=True)
     reference_maml_backward(plain, batch[::-1], cfg.train_steps, cfg.train_step_size, first_order)
     noise = max(float((x - p.grad).abs().max()) for x, p in zip(b, plain.parameters()))
-    result = compare({"fast": fast, "reference": reference(plain), "reference_channels_last": reference(learner)},
+    # the query side alone (forward and backward to the adapted weights), which no batching of the
+    # inner loops removes: the loop's, and the batched path's
+    adapted = [{n: p.detach().requires_grad_() for n, p in plain.inner_loop(
+        plain.initial_params(e.n_way), e.support, e.support_labels, cfg.train_steps, cfg.train_step_size,
+        create_graph=False).items()} for e in batch]
+    adapted_batched = {n: p.detach().requires_grad_() for n, p in learner.task_batched_adapt(
+        batch, create_graph=False).items()}
+    query = torch.stack([e.query["image"] for e in batch])
+    query_labels = torch.stack([e.query_labels for e in batch]).flatten()
+
+    def reference_query_side() -> None:
+        for params, episode in zip(adapted, batch):
+            loss = F.cross_entropy(plain.logits(params, episode.query), episode.query_labels) / meta_batch
+            torch.autograd.grad(loss, list(params.values()))
+
+    def fast_query_side() -> None:
+        loss = F.cross_entropy(learner.task_batched_logits(adapted_batched, query).flatten(0, 1), query_labels)
+        torch.autograd.grad(loss, list(adapted_batched.values()))
+
+    result = compare({"fast": fast, "reference": reference(plain), "reference_channels_last": reference(learner),
+                      "reference_query_side": reference_query_side, "fast_query_side": fast_query_side},
                      repeats, device)
     tasks_per_s = {k: round(meta_batch / v["seconds"], 2) for k, v in result.items()}
+    query_share = statistics.median(q / r for q, r in zip(result["reference_query_side"]["times"],
+                                                          result["reference"]["times"]))
     return {"episode": "5w1s15q", "meta_batch": meta_batch, "inner_steps": 1, "backbone": "conv4-64-strided",
             "tasks_per_s": tasks_per_s["fast"], "reference_tasks_per_s": tasks_per_s["reference"],
             "ratio": speedup(result, "reference", "fast"),
             "reference_channels_last_tasks_per_s": tasks_per_s["reference_channels_last"],
             "ratio_to_channels_last_reference": speedup(result, "reference_channels_last", "fast"),
+            # any implementation whose query side costs what the loop's does is at most this much
+            # faster than the loop, however cheap its inner loops are
+            "reference_query_side_share": round(query_share, 3),
+            "ceiling_ratio": speedup(result, "reference", "reference_query_side"),
+            "query_side_ratio": speedup(result, "reference_query_side", "fast_query_side"),
             "max_abs_grad_diff": diff, "max_abs_grad": scale, "reference_reordered_max_abs_grad_diff": noise,
             "peak_memory_mb": result["fast"]["peak_memory_mb"],
             "reference_peak_memory_mb": result["reference"]["peak_memory_mb"],
@@ -220,12 +251,13 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
 
 
 def case_maml_memory(device: torch.device, meta_batch: int = 8, steps: int = 5) -> dict:
-    """Second-order MAML with many inner steps: peak memory and tasks/s of the batched path, the
-    per-task loop with gradient checkpointing, and first order (5w1s15q, strided Conv-4-64)."""
+    """Second-order MAML with many inner steps: peak memory and tasks/s of the batched path (its
+    query side in chunks of 4 tasks, the default, and all at once), the per-task loop with
+    gradient checkpointing, and first order (5w1s15q, strided Conv-4-64)."""
     data = random_dataset((1, 28, 28), 200, 20)
     batch = episodes(data, "train", 5, 1, 15, meta_batch, device)
-    variants = {"second_order": {}, "second_order_checkpointed": {"checkpoint": True},
-                "first_order": {"first_order": True}}
+    variants = {"second_order": {}, "second_order_query_at_once": {"query_chunk": 0},
+                "second_order_checkpointed": {"checkpoint": True}, "first_order": {"first_order": True}}
     out: dict = {"episode": "5w1s15q", "meta_batch": meta_batch, "inner_steps": steps}
     for name, options in variants.items():
         learner = build("maml", (1, 28, 28), device, strided=True, train_steps=steps, **options).train()

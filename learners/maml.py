@@ -57,6 +57,9 @@ class MAML(Learner):
         task_batching: take the inner steps of all tasks of a meta-batch together, as grouped
             convolutions (:mod:`learners.taskbatch`), where the encoder allows it; the same
             meta-gradients as the per-task loop.
+        query_chunk: with task batching, the query side runs forward and backward this many tasks
+            at a time inside :meth:`loss`, so only one chunk's query activations are held
+            (0: all tasks at once). The same loss and meta-gradients either way.
     """
 
     @dataclasses.dataclass
@@ -71,13 +74,14 @@ class MAML(Learner):
         n_way: int = 5
         checkpoint: bool = False
         task_batching: bool = True
+        query_chunk: int = 4
 
         def __post_init__(self) -> None:
             if self.batch_norm not in ("transductive", "running"):
                 raise ValueError(f"batch_norm must be 'transductive' or 'running', got {self.batch_norm!r}")
             if self.head not in ("zero", "learned"):
                 raise ValueError(f"head must be 'zero' or 'learned', got {self.head!r}")
-            for key in ("train_steps", "test_steps"):
+            for key in ("train_steps", "test_steps", "query_chunk"):
                 if getattr(self, key) < 0:
                     raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
             if self.n_way < 2:
@@ -241,7 +245,33 @@ class MAML(Learner):
         params = self.task_batched_adapt(episodes, create_graph=not self.config.first_order)
         query = torch.stack([e.query["image"] for e in episodes])
         query_labels = torch.stack([e.query_labels for e in episodes])
+        chunk = self.config.query_chunk
+        if chunk and chunk < len(episodes) and torch.is_grad_enabled():
+            return self._chunked_query_loss(params, query, query_labels, chunk)
         return F.cross_entropy(self.task_batched_logits(params, query).flatten(0, 1), query_labels.flatten())
+
+    def _chunked_query_loss(self, params: Params, query: Tensor, labels: Tensor, chunk: int) -> Tensor:
+        """The mean query loss, with the query side's backward already taken, ``chunk`` tasks at a time.
+
+        ``params``: adapted ``name -> [T, *shape]``, still attached to the meta-parameters;
+        ``query [T, Q, C, H, W]``; ``labels [T, Q]``. Each chunk's gradient with respect to its
+        adapted weights is stored and its activations freed. The returned tensor has the loss's
+        value; its ``backward`` carries the stored gradients from the adapted weights into the
+        meta-parameters (through the inner loop), which gives the meta-gradient of the loss.
+        """
+        names = [n for n, p in params.items() if p.requires_grad]
+        grads = {n: torch.empty_like(params[n]) for n in names}
+        total = query.new_zeros(())
+        for start in range(0, len(query), chunk):
+            part = slice(start, start + chunk)
+            leaves = {n: p[part].detach().requires_grad_() if n in grads else p[part] for n, p in params.items()}
+            logits = self.task_batched_logits(leaves, query[part])
+            loss = F.cross_entropy(logits.flatten(0, 1), labels[part].flatten(), reduction="sum") / labels.numel()
+            for n, g in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)):
+                grads[n][part] = 0 if g is None else g
+            total = total + loss.detach()
+        surrogate = sum(((params[n] * grads[n]).sum() for n in names), query.new_zeros(()))
+        return total + (surrogate - surrogate.detach())
 
     def predict_episodes(self, episodes: Sequence[Episode]) -> list[Tensor]:
         """Test-time logits of several episodes, adapted together where :meth:`can_batch_tasks` allows."""

@@ -80,8 +80,10 @@ def test_channels_last_protonet_gradients_are_as_accurate_as_nchw():
     ("maml", False, 1, "zero"), ("maml", False, 2, "learned"), ("maml", True, 2, "zero"),
     ("anil", False, 2, "learned"), ("fomaml", True, 1, "learned"),
 ])
-def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, steps, head):
-    batched = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3).train()
+@pytest.mark.parametrize("query_chunk", [0, 3])  # all query tasks at once; chunks of 3 and 1
+def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, steps, head, query_chunk):
+    batched = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3,
+                   query_chunk=query_chunk).train()
     looped = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3, task_batching=False).train()
     batch = tasks(4)
     assert batched.can_batch_tasks(batch) and not looped.can_batch_tasks(batch)
@@ -212,11 +214,13 @@ def test_perf_script_smoke(tmp_path):
     cases = result["cases"]
     assert set(cases) == {"sampling", "protonet_train", "maml_second_order", "maml_first_order", "maml_memory", "eval",
                           "flops"}
-    assert all(cases["maml_memory"][k]["peak_memory_mb"] > 0 for k in ("second_order", "second_order_checkpointed"))
+    assert all(cases["maml_memory"][k]["peak_memory_mb"] > 0
+               for k in ("second_order", "second_order_query_at_once", "second_order_checkpointed"))
     for key in ("maml_second_order", "maml_first_order"):
         case = cases[key]
         assert case["max_abs_grad_diff"] <= 1e-4 * case["max_abs_grad"]  # fast path = reference loop
         assert case["tasks_per_s"] > 0 and case["reference_tasks_per_s"] > 0 and case["ratio"] > 0
+        assert case["reference_query_side_share"] > 0 and case["ceiling_ratio"] > 0 and case["query_side_ratio"] > 0
     assert cases["eval"]["protonet"]["same_accuracies"] is True
     assert 0 < cases["sampling"]["omniglot_28x28x1"]["fraction_of_train_step"]
     assert 0 < cases["flops"]["conv4_fraction_of_matmul"] and "compiled_conv4_fraction_of_matmul" in cases["flops"]
