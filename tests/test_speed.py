@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmark import perf
 from benchmark.cli import main
@@ -135,6 +136,33 @@ def test_task_batching_falls_back_to_the_loop_where_it_cannot_run():
     learner = make().train()
     loss = learner.loss(uneven)  # falls back and still runs
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("in_channels,kernel,stride,padding,dilation,bias", [
+    (1, 3, 2, 1, 1, True), (1, 3, 1, 1, 1, False), (3, 3, 2, 0, 1, True), (3, 2, 1, 1, 2, True), (1, 5, 3, 2, 1, True),
+])
+def test_first_layer_by_kernel_taps_equals_a_convolution_per_task(in_channels, kernel, stride, padding, dilation, bias):
+    """Few-input convolutions (Omniglot's and RGB first layers) run as one batched matmul over the
+    kernel taps: values, first and second derivatives equal each task's own ``F.conv2d``."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(in_channels, 4, kernel, stride, padding, dilation, bias=bias).double()
+    assert taskbatch._few_inputs_per_output(conv)
+    n_tasks = 3
+    weight = torch.randn(n_tasks, *conv.weight.shape, dtype=torch.float64, requires_grad=True)
+    params = {"weight": weight}
+    if bias:
+        params["bias"] = torch.randn(n_tasks, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n_tasks, 5, in_channels, 11, 12, dtype=torch.float64, requires_grad=True)
+    together = taskbatch.forward(conv, params, taskbatch.to_grouped(x), n_tasks)
+    alone = torch.cat([F.conv2d(x[t], weight[t], params["bias"][t] if bias else None, stride, padding, dilation)
+                       for t in range(n_tasks)], 1)
+    torch.testing.assert_close(together, alone, rtol=1e-10, atol=1e-12)
+    inputs = [x, *params.values()]
+    # second order: differentiate a gradient, as MAML's meta-gradient does
+    first = [torch.autograd.grad((y ** 2).sum(), inputs, create_graph=True) for y in (together, alone)]
+    second = [torch.autograd.grad(sum((g ** 2).sum() for g in grads), inputs) for grads in first]
+    for a, b in zip(first[0] + second[0], first[1] + second[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_taskbatch_forward_equals_one_forward_per_task():
