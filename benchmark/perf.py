@@ -13,7 +13,8 @@ Cases (the references are in :mod:`benchmark.references`, the timing in :mod:`be
     Conv-4-64 (eager and compiled) against the textbook Conv-4;
   * ``maml_second_order`` / ``maml_first_order``: 5-way 1-shot 15-query, meta-batch 32, one
     inner step, strided Conv-4-64 (tasks/s) against the plain per-task loop, with the largest
-    gradient difference, the float32 noise floor, and the query side alone (forward and backward
+    gradient difference and two float32 yardsticks for it (the reference with its tasks reordered,
+    and the reference on the channels-last model), and the query side alone (forward and backward
     at the adapted weights, which batching the inner loops cannot remove) with the ceiling it sets;
   * ``maml_memory``: 5 inner steps, meta-batch 8: batched (query side in chunks of 4 tasks and
     all at once), gradient-checkpointed, first order;
@@ -208,6 +209,8 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     plain.zero_grad(set_to_none=True)
     reference_maml_backward(plain, batch[::-1], cfg.train_steps, cfg.train_step_size, first_order)
     noise = max(float((x - p.grad).abs().max()) for x, p in zip(b, plain.parameters()))
+    # how far apart two textbook implementations are: the same loop on the channels-last model
+    layout = max(float((x - y).abs().max()) for x, y in zip(b, reference(learner)()))
     # the query side alone (forward and backward to the adapted weights), which no batching of the
     # inner loops removes: the loop's, and the batched path's
     adapted = [{n: p.detach().requires_grad_() for n, p in plain.inner_loop(
@@ -244,6 +247,7 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
             "ceiling_ratio": speedup(result, "reference", "reference_query_side"),
             "query_side_ratio": speedup(result, "reference_query_side", "fast_query_side"),
             "max_abs_grad_diff": diff, "max_abs_grad": scale, "reference_reordered_max_abs_grad_diff": noise,
+            "reference_channels_last_max_abs_grad_diff": layout,
             "peak_memory_mb": result["fast"]["peak_memory_mb"],
             "reference_peak_memory_mb": result["reference"]["peak_memory_mb"],
             "peak_growth_mb": result["fast"]["peak_growth_mb"],
