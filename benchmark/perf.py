@@ -175,7 +175,8 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     """MAML meta-gradients: this suite's learner against the plain per-task loop.
 
     ``fast`` is :class:`~learners.maml.MAML` as the harness runs it (inner steps of all tasks
-    batched as grouped convolutions, channels-last Conv-4). ``reference`` is
+    batched as grouped convolutions, NCHW; ``fast_channels_last_query`` with the opt-in
+    channels-last query side). ``reference`` is
     :func:`~benchmark.references.reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
     learn2learn runs it); ``reference_channels_last`` is the same loop on the channels-last
     model, which shows how much of the gain the memory layout alone gives.
@@ -186,13 +187,20 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     learner = build("maml", (1, 28, 28), device, strided=True, **options).train()
     plain = build("maml", (1, 28, 28), device, strided=True, channels_last=False, task_batching=False,
                   **options).train()
-    plain.load_state_dict(learner.state_dict())
+    channels_last_query = build("maml", (1, 28, 28), device, strided=True, query_channels_last=True,
+                                **options).train()
+    for model in (plain, channels_last_query):
+        model.load_state_dict(learner.state_dict())
     cfg = learner.config
 
-    def fast() -> list[torch.Tensor]:
-        learner.zero_grad(set_to_none=True)
-        learner.loss(batch).backward()
-        return [p.grad for p in learner.parameters()]
+    def batched(model: MAML) -> Callable[[], list[torch.Tensor]]:
+        def run() -> list[torch.Tensor]:
+            model.zero_grad(set_to_none=True)
+            model.loss(batch).backward()
+            return [p.grad for p in model.parameters()]
+        return run
+
+    fast = batched(learner)
 
     def reference(model: MAML) -> Callable[[], list[torch.Tensor]]:
         def run() -> list[torch.Tensor]:
@@ -205,6 +213,7 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     b = [g.clone() for g in reference(plain)()]
     scale = max(float(g.abs().max()) for g in b)
     diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
+    diff_channels_last_query = max(float((x - y).abs().max()) for x, y in zip(batched(channels_last_query)(), b))
     # float32 noise floor: the same reference loop with the tasks in reverse order
     plain.zero_grad(set_to_none=True)
     reference_maml_backward(plain, batch[::-1], cfg.train_steps, cfg.train_step_size, first_order)
@@ -219,18 +228,23 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     adapted_batched = {n: p.detach().requires_grad_() for n, p in learner.task_batched_adapt(
         batch, create_graph=False).items()}
     query = torch.stack([e.query["image"] for e in batch])
-    query_labels = torch.stack([e.query_labels for e in batch]).flatten()
+    query_labels = torch.stack([e.query_labels for e in batch])
 
     def reference_query_side() -> None:
         for params, episode in zip(adapted, batch):
             loss = F.cross_entropy(plain.logits(params, episode.query), episode.query_labels) / meta_batch
             torch.autograd.grad(loss, list(params.values()))
 
-    def fast_query_side() -> None:
-        loss = F.cross_entropy(learner.task_batched_logits(adapted_batched, query).flatten(0, 1), query_labels)
-        torch.autograd.grad(loss, list(adapted_batched.values()))
+    def fast_query_side() -> None:  # as MAML.loss runs it: forward and backward, 4 tasks at a time
+        if cfg.query_chunk:
+            learner._chunked_query_loss(adapted_batched, query, query_labels, cfg.query_chunk)
+        else:
+            logits = learner.task_batched_logits(adapted_batched, query)
+            torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), query_labels.flatten()),
+                                list(adapted_batched.values()))
 
     result = compare({"fast": fast, "reference": reference(plain), "reference_channels_last": reference(learner),
+                      "fast_channels_last_query": batched(channels_last_query),
                       "reference_query_side": reference_query_side, "fast_query_side": fast_query_side},
                      repeats, device)
     tasks_per_s = {k: round(meta_batch / v["seconds"], 2) for k, v in result.items()}
@@ -248,6 +262,10 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
             "query_side_ratio": speedup(result, "reference_query_side", "fast_query_side"),
             "max_abs_grad_diff": diff, "max_abs_grad": scale, "reference_reordered_max_abs_grad_diff": noise,
             "reference_channels_last_max_abs_grad_diff": layout,
+            # the opt-in channels-last query side (MAML query_channels_last=True)
+            "query_channels_last_tasks_per_s": tasks_per_s["fast_channels_last_query"],
+            "query_channels_last_ratio": speedup(result, "reference", "fast_channels_last_query"),
+            "query_channels_last_max_abs_grad_diff": diff_channels_last_query,
             "peak_memory_mb": result["fast"]["peak_memory_mb"],
             "reference_peak_memory_mb": result["reference"]["peak_memory_mb"],
             "peak_growth_mb": result["fast"]["peak_growth_mb"],

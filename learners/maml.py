@@ -60,6 +60,11 @@ class MAML(Learner):
         query_chunk: with task batching, the query side runs forward and backward this many tasks
             at a time inside :meth:`loss`, so only one chunk's query activations are held
             (0: all tasks at once). The same loss and meta-gradients either way.
+        query_channels_last: run the batched query side with channels-last activations. On the
+            2-core CPU a step is 5-10% faster, but PyTorch's channels-last batch norm (CPU) sums
+            its statistics less accurately, so float32 meta-gradients end up about as far from
+            float64 as a channels-last textbook loop's, several times further than the NCHW loop's
+            (``tests/test_speed.py``). Off by default: the default matches the NCHW loop to 1e-6.
     """
 
     @dataclasses.dataclass
@@ -75,6 +80,7 @@ class MAML(Learner):
         checkpoint: bool = False
         task_batching: bool = True
         query_chunk: int = 4
+        query_channels_last: bool = False
 
         def __post_init__(self) -> None:
             if self.batch_norm not in ("transductive", "running"):
@@ -206,19 +212,14 @@ class MAML(Learner):
         shape = lambda e: (e.n_way, tuple(e.support["image"].shape), tuple(e.query["image"].shape))  # noqa: E731
         return all(set(e.support) == {"image"} == set(e.query) and shape(e) == shape(episodes[0]) for e in episodes)
 
-    def task_batched_logits(self, params: Mapping[str, Tensor], images: Tensor, channels_last: bool | None = None
-                            ) -> Tensor:
+    def task_batched_logits(self, params: Mapping[str, Tensor], images: Tensor, channels_last: bool = False) -> Tensor:
         """Logits ``[T, B, n_way]`` of ``T`` tasks' models on their images ``[T, B, C, H, W]``.
 
-        ``params`` maps names (as in ``self``) to per-task values ``[T, *shape]``.
-        ``channels_last``: activations in channels-last memory (:func:`taskbatch.forward`); by
-        default as the backbone runs (Conv-4's ``channels_last`` option, on by default).
+        ``params`` maps names (as in ``self``) to per-task values ``[T, *shape]``;
+        ``channels_last``: activations in channels-last memory (:func:`taskbatch.forward`).
         """
-        backbone = self.encoder.encoders["image"]
-        if channels_last is None:
-            channels_last = bool(getattr(backbone, "channels_last", False))
-        features = taskbatch.forward(backbone, params, taskbatch.to_grouped(images), images.shape[0],
-                                     prefix="encoder.encoders.image.", channels_last=channels_last)
+        features = taskbatch.forward(self.encoder.encoders["image"], params, taskbatch.to_grouped(images),
+                                     images.shape[0], prefix="encoder.encoders.image.", channels_last=channels_last)
         return taskbatch.linear(features, params["head.weight"], params["head.bias"])
 
     def task_batched_adapt(self, episodes: Sequence[Episode], create_graph: bool) -> Params:
@@ -236,8 +237,8 @@ class MAML(Learner):
         labels = torch.stack([e.support_labels for e in episodes])
         names = [n for n in params if self.is_inner(n)]
         for _ in range(steps):
-            # NCHW on the support side: channels-last made a second-order step slower (0.89x)
-            logits = self.task_batched_logits(params, support, channels_last=False)
+            # always NCHW: channels-last made the support side's second-order pass slower (0.89x a step)
+            logits = self.task_batched_logits(params, support)
             # the sum over tasks of each task's mean loss: its gradient with respect to task t's
             # copy of the weights is task t's own gradient
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / logits.shape[1]
@@ -254,7 +255,8 @@ class MAML(Learner):
         chunk = self.config.query_chunk
         if chunk and chunk < len(episodes) and torch.is_grad_enabled():
             return self._chunked_query_loss(params, query, query_labels, chunk)
-        return F.cross_entropy(self.task_batched_logits(params, query).flatten(0, 1), query_labels.flatten())
+        logits = self.task_batched_logits(params, query, self.config.query_channels_last)
+        return F.cross_entropy(logits.flatten(0, 1), query_labels.flatten())
 
     def _chunked_query_loss(self, params: Params, query: Tensor, labels: Tensor, chunk: int) -> Tensor:
         """The mean query loss, with the query side's backward already taken, ``chunk`` tasks at a time.
@@ -271,7 +273,7 @@ class MAML(Learner):
         for start in range(0, len(query), chunk):
             part = slice(start, start + chunk)
             leaves = {n: p[part].detach().requires_grad_() if n in grads else p[part] for n, p in params.items()}
-            logits = self.task_batched_logits(leaves, query[part])
+            logits = self.task_batched_logits(leaves, query[part], self.config.query_channels_last)
             loss = F.cross_entropy(logits.flatten(0, 1), labels[part].flatten(), reduction="sum") / labels.numel()
             for n, g in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)):
                 grads[n][part] = 0 if g is None else g
@@ -286,7 +288,7 @@ class MAML(Learner):
         with torch.enable_grad():
             params = {n: p.detach() for n, p in self.task_batched_adapt(episodes, create_graph=False).items()}
         query = torch.stack([e.query["image"] for e in episodes])
-        return list(self.task_batched_logits(params, query).unbind(0))
+        return list(self.task_batched_logits(params, query, self.config.query_channels_last).unbind(0))
 
 
 @LEARNERS.register("fomaml")

@@ -81,10 +81,11 @@ def test_channels_last_protonet_gradients_are_as_accurate_as_nchw():
     ("maml", False, 1, "zero"), ("maml", False, 2, "learned"), ("maml", True, 2, "zero"),
     ("anil", False, 2, "learned"), ("fomaml", True, 1, "learned"),
 ])
-@pytest.mark.parametrize("query_chunk", [0, 3])  # all query tasks at once; chunks of 3 and 1
-def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, steps, head, query_chunk):
-    batched = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3,
-                   query_chunk=query_chunk).train()
+@pytest.mark.parametrize("query_chunk,query_channels_last", [(0, False), (3, False), (3, True)])  # chunks: 3 and 1
+def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, steps, head, query_chunk,
+                                                             query_channels_last):
+    batched = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3, query_chunk=query_chunk,
+                   query_channels_last=query_channels_last).train()
     looped = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3, task_batching=False).train()
     batch = tasks(4)
     assert batched.can_batch_tasks(batch) and not looped.can_batch_tasks(batch)
@@ -102,22 +103,24 @@ def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, 
 def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size():
     """The perf script's MAML case (strided Conv-4-64, 32 tasks of 5w1s15q) in float32, 5 seeds.
 
-    Float32 MAML meta-gradients of this size are up to ~1e-2 (relative to the largest) off the
-    float64 result in some seeds, in the textbook loop too: a few activations sit so close to a
-    ReLU's kink, or a batch norm is so ill-conditioned, that rounding decides, and each such
-    event moves the gradients of a whole task. Which events happen depends on the order of the
-    additions (memory layout, thread count), so one seed says little: two textbook loops that
-    differ only in layout (NCHW and channels-last) take turns being the worse one. Over the
-    seeds, the fast path (channels-last query side) must be no further from float64 than twice
-    the worse loop, by the worst largest-error and by the median relative L2 error. With an
-    NCHW backbone it must match the NCHW loop to 1e-5.
+    The default fast path must match the NCHW textbook loop to 1e-5 (of the largest gradient).
+
+    ``query_channels_last=True`` cannot: float32 MAML meta-gradients of this size are up to ~1e-2
+    off the float64 result in some seeds, in the textbook loops too. A few activations sit so
+    close to a ReLU's kink, or a batch norm is so ill-conditioned, that rounding decides, and each
+    such event moves a whole task's gradients. Which events happen depends on the order of the
+    additions (layout, thread count), and channels-last batch norm on the CPU sums less accurately,
+    so it has more of them. Two textbook loops that differ only in layout (NCHW and channels-last)
+    take turns being the worse one. Over the seeds, the channels-last fast path must be no further
+    from float64 than twice the worse loop, by the worst largest-error and by the median relative
+    L2 error.
     """
     from tasks.episode import Episode
 
     cpu = torch.device("cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # rounding depends on how reductions are split; earlier tests may have set 1
-    largest: dict[str, list[float]] = {"fast": [], "loop": [], "loop_cl": []}
+    largest: dict[str, list[float]] = {"fast_cl": [], "loop": [], "loop_cl": []}
     l2: dict[str, list[float]] = {k: [] for k in largest}
     try:
         for seed in range(5):
@@ -126,20 +129,18 @@ def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size():
             torch.manual_seed(seed)
             models = {
                 "fast": perf.build("maml", (1, 28, 28), cpu, strided=True).train(),
+                "fast_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, query_channels_last=True).train(),
                 "loop": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
                                    task_batching=False).train(),
                 "loop_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, task_batching=False).train(),
                 "truth": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
                                     task_batching=False).double().train(),
             }
-            if seed == 0:
-                models["fast_nchw"] = perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False).train()
             for model in models.values():
                 model.load_state_dict(models["fast"].state_dict())
-            assert models["fast"].can_batch_tasks(batch)
-            models["fast"].loss(batch).backward()
-            if seed == 0:
-                models["fast_nchw"].loss(batch).backward()
+            for name in ("fast", "fast_cl"):
+                assert models[name].can_batch_tasks(batch)
+                models[name].loss(batch).backward()
             for name in ("loop", "loop_cl"):
                 reference_maml_backward(models[name], batch, 1, models[name].config.train_step_size, first_order=False)
             double = [Episode(support={"image": e.support["image"].double()}, support_labels=e.support_labels,
@@ -149,18 +150,17 @@ def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size():
             grads = {name: torch.cat([p.grad.double().flatten() for p in model.parameters()])
                      for name, model in models.items()}
             exact = grads["truth"]
+            assert float((grads["fast"] - grads["loop"]).abs().max()) <= 1e-5 * float(exact.abs().max()), seed
             for name in largest:
                 error = grads[name] - exact
                 largest[name].append(float(error.abs().max() / exact.abs().max()))
                 l2[name].append(float(error.norm() / exact.norm()))
-            if seed == 0:
-                assert float((grads["fast_nchw"] - grads["loop"]).abs().max()) <= 1e-5 * float(exact.abs().max())
     finally:
         torch.set_num_threads(threads)
     worst_loop = max(max(largest["loop"]), max(largest["loop_cl"]))
-    assert max(largest["fast"]) <= 2 * worst_loop, largest
+    assert max(largest["fast_cl"]) <= 2 * worst_loop, largest
     median = {name: float(np.median(values)) for name, values in l2.items()}
-    assert median["fast"] <= 2 * max(median["loop"], median["loop_cl"]), l2
+    assert median["fast_cl"] <= 2 * max(median["loop"], median["loop_cl"]), l2
 
 
 def test_task_batching_falls_back_to_the_loop_where_it_cannot_run():
@@ -287,6 +287,8 @@ def test_perf_script_smoke(tmp_path):
         # checks closely; a wrong layout or tap order is off by the gradient's own size)
         assert case["max_abs_grad_diff"] <= 1e-2 * case["max_abs_grad"]
         assert case["reference_channels_last_max_abs_grad_diff"] >= 0
+        assert case["query_channels_last_max_abs_grad_diff"] <= 1e-2 * case["max_abs_grad"]
+        assert case["query_channels_last_tasks_per_s"] > 0
         assert case["tasks_per_s"] > 0 and case["reference_tasks_per_s"] > 0 and case["ratio"] > 0
         assert case["reference_query_side_share"] > 0 and case["ceiling_ratio"] > 0 and case["query_side_ratio"] > 0
     assert cases["eval"]["protonet"]["same_accuracies"] is True
