@@ -53,28 +53,78 @@ def test_channels_last_gives_the_same_features(strided):
     assert ours(x).is_contiguous()  # flattened features come out in the usual order
 
 
-def test_channels_last_protonet_gradients_are_as_accurate_as_nchw():
-    """Layouts round differently; neither may be much further from the float64 gradient."""
+class Float32Errors:
+    """Float32 gradient errors against a float64 computation, collected over several seeds.
+
+    Float32 gradients of a Conv-4 step are decided by rounding "events": an activation right at a
+    ReLU's kink, a near-tie in a max-pool or an ill-conditioned batch norm flips, and part of the
+    gradient moves by up to ~7e-2 of the largest one. In the textbook NCHW implementation too; which
+    seeds get events depends on the order of additions (layout, thread count), so one seed says
+    little. Two statistics separate that from real imprecision:
+
+    * ``bulk``: the median element's error, which events leave alone and a less accurate kernel
+      raises everywhere;
+    * ``worst``: the largest error, which shows how big the events are.
+
+    Both relative to the largest float64 gradient; one value per seed.
+    """
+
+    def __init__(self) -> None:
+        self.bulk: dict[str, list[float]] = {}
+        self.worst: dict[str, list[float]] = {}
+
+    def add(self, name: str, grads: torch.Tensor, exact: torch.Tensor) -> None:
+        error = (grads - exact).abs() / exact.abs().max()
+        self.bulk.setdefault(name, []).append(float(error.median()))
+        self.worst.setdefault(name, []).append(float(error.max()))
+
+    def median_bulk(self, name: str) -> float:
+        return float(np.median(self.bulk[name]))
+
+
+def flat_grads(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.double().flatten() for p in model.parameters()])
+
+
+def as_double(batch):
     from tasks.episode import Episode
 
+    return [Episode(support={"image": e.support["image"].double()}, support_labels=e.support_labels,
+                    query={"image": e.query["image"].double()}, query_labels=e.query_labels,
+                    class_ids=e.class_ids) for e in batch]
+
+
+@pytest.fixture
+def two_threads():
+    """Rounding depends on how reductions are split; earlier tests may have set one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_channels_last_protonet_gradients_are_as_accurate_as_nchw(two_threads):
+    """Channels-last batch norm on the CPU sums less accurately, so its bulk error is 1.3-3.5x
+    NCHW's (measured); it must stay within 4x, and its events no larger than twice NCHW's."""
     cpu = torch.device("cpu")
-    data = perf.random_dataset((1, 28, 28), 60, 20)
-    batch = perf.episodes(data, "train", 20, 5, 5, 1, cpu)
-    double = [Episode(support={"image": e.support["image"].double()}, support_labels=e.support_labels,
-                      query={"image": e.query["image"].double()}, query_labels=e.query_labels,
-                      class_ids=e.class_ids) for e in batch]
-    grads = {}
-    for name, channels_last, dtype in (("truth", False, torch.float64), ("nchw", False, torch.float32),
-                                       ("channels_last", True, torch.float32)):
-        learner = perf.build("protonet", (1, 28, 28), cpu, channels_last=channels_last).to(dtype).train()
-        learner.loss(double if dtype == torch.float64 else batch).backward()
-        grads[name] = [p.grad.double() for p in learner.parameters()]
-    scale = max(float(g.abs().max()) for g in grads["truth"])
-
-    def worst(name: str) -> float:
-        return max(float((g - t).abs().max()) for g, t in zip(grads[name], grads["truth"])) / scale
-
-    assert worst("channels_last") <= 4 * worst("nchw") + 1e-6
+    errors = Float32Errors()
+    for seed in range(5):
+        data = perf.random_dataset((1, 28, 28), 60, 20, seed=seed)
+        batch = perf.episodes(data, "train", 20, 5, 5, 1, cpu)
+        torch.manual_seed(seed)
+        base = perf.build("protonet", (1, 28, 28), cpu, channels_last=False)
+        grads = {}
+        for name, channels_last, dtype in (("truth", False, torch.float64), ("nchw", False, torch.float32),
+                                           ("channels_last", True, torch.float32)):
+            learner = perf.build("protonet", (1, 28, 28), cpu, channels_last=channels_last)
+            learner.load_state_dict(base.state_dict())
+            learner = learner.to(dtype).train()
+            learner.loss(as_double(batch) if dtype == torch.float64 else batch).backward()
+            grads[name] = flat_grads(learner)
+        for name in ("nchw", "channels_last"):
+            errors.add(name, grads[name], grads["truth"])
+    assert errors.median_bulk("channels_last") <= 4 * errors.median_bulk("nchw"), errors.bulk
+    assert max(errors.worst["channels_last"]) <= 2 * max(errors.worst["nchw"]), errors.worst
 
 
 @pytest.mark.parametrize("name,first_order,steps,head", [
@@ -100,67 +150,45 @@ def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, 
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size():
+def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size(two_threads):
     """The perf script's MAML case (strided Conv-4-64, 32 tasks of 5w1s15q) in float32, 5 seeds.
 
-    The default fast path must match the NCHW textbook loop to 1e-5 (of the largest gradient).
-
-    ``query_channels_last=True`` cannot: float32 MAML meta-gradients of this size are up to ~1e-2
-    off the float64 result in some seeds, in the textbook loops too. A few activations sit so
-    close to a ReLU's kink, or a batch norm is so ill-conditioned, that rounding decides, and each
-    such event moves a whole task's gradients. Which events happen depends on the order of the
-    additions (layout, thread count), and channels-last batch norm on the CPU sums less accurately,
-    so it has more of them. Two textbook loops that differ only in layout (NCHW and channels-last)
-    take turns being the worse one. Over the seeds, the channels-last fast path must be no further
-    from float64 than twice the worse loop, by the worst largest-error and by the median relative
-    L2 error.
+    The default fast path must match the NCHW textbook loop to 1e-5 of the largest gradient.
+    ``query_channels_last=True`` cannot (see :class:`Float32Errors`): against float64, its bulk
+    error must stay within 4x, and its events within twice, those of the worse of two textbook
+    loops that differ only in layout (NCHW and channels-last).
     """
-    from tasks.episode import Episode
-
     cpu = torch.device("cpu")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # rounding depends on how reductions are split; earlier tests may have set 1
-    largest: dict[str, list[float]] = {"fast_cl": [], "loop": [], "loop_cl": []}
-    l2: dict[str, list[float]] = {k: [] for k in largest}
-    try:
-        for seed in range(5):
-            data = perf.random_dataset((1, 28, 28), 60, 20, seed=seed)
-            batch = perf.episodes(data, "train", 5, 1, 15, 32, cpu)
-            torch.manual_seed(seed)
-            models = {
-                "fast": perf.build("maml", (1, 28, 28), cpu, strided=True).train(),
-                "fast_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, query_channels_last=True).train(),
-                "loop": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
-                                   task_batching=False).train(),
-                "loop_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, task_batching=False).train(),
-                "truth": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
-                                    task_batching=False).double().train(),
-            }
-            for model in models.values():
-                model.load_state_dict(models["fast"].state_dict())
-            for name in ("fast", "fast_cl"):
-                assert models[name].can_batch_tasks(batch)
-                models[name].loss(batch).backward()
-            for name in ("loop", "loop_cl"):
-                reference_maml_backward(models[name], batch, 1, models[name].config.train_step_size, first_order=False)
-            double = [Episode(support={"image": e.support["image"].double()}, support_labels=e.support_labels,
-                              query={"image": e.query["image"].double()}, query_labels=e.query_labels,
-                              class_ids=e.class_ids) for e in batch]
-            models["truth"].loss(double).backward()
-            grads = {name: torch.cat([p.grad.double().flatten() for p in model.parameters()])
-                     for name, model in models.items()}
-            exact = grads["truth"]
-            assert float((grads["fast"] - grads["loop"]).abs().max()) <= 1e-5 * float(exact.abs().max()), seed
-            for name in largest:
-                error = grads[name] - exact
-                largest[name].append(float(error.abs().max() / exact.abs().max()))
-                l2[name].append(float(error.norm() / exact.norm()))
-    finally:
-        torch.set_num_threads(threads)
-    worst_loop = max(max(largest["loop"]), max(largest["loop_cl"]))
-    assert max(largest["fast_cl"]) <= 2 * worst_loop, largest
-    median = {name: float(np.median(values)) for name, values in l2.items()}
-    assert median["fast_cl"] <= 2 * max(median["loop"], median["loop_cl"]), l2
+    errors = Float32Errors()
+    for seed in range(5):
+        data = perf.random_dataset((1, 28, 28), 60, 20, seed=seed)
+        batch = perf.episodes(data, "train", 5, 1, 15, 32, cpu)
+        torch.manual_seed(seed)
+        models = {
+            "fast": perf.build("maml", (1, 28, 28), cpu, strided=True).train(),
+            "fast_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, query_channels_last=True).train(),
+            "loop": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
+                               task_batching=False).train(),
+            "loop_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, task_batching=False).train(),
+            "truth": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
+                                task_batching=False).double().train(),
+        }
+        for model in models.values():
+            model.load_state_dict(models["fast"].state_dict())
+        for name in ("fast", "fast_cl"):
+            assert models[name].can_batch_tasks(batch)
+            models[name].loss(batch).backward()
+        for name in ("loop", "loop_cl"):
+            reference_maml_backward(models[name], batch, 1, models[name].config.train_step_size, first_order=False)
+        models["truth"].loss(as_double(batch)).backward()
+        grads = {name: flat_grads(model) for name, model in models.items()}
+        exact = grads["truth"]
+        assert float((grads["fast"] - grads["loop"]).abs().max()) <= 1e-5 * float(exact.abs().max()), seed
+        for name in ("fast_cl", "loop", "loop_cl"):
+            errors.add(name, grads[name], exact)
+    loops = ("loop", "loop_cl")
+    assert errors.median_bulk("fast_cl") <= 4 * max(errors.median_bulk(n) for n in loops), errors.bulk
+    assert max(errors.worst["fast_cl"]) <= 2 * max(max(errors.worst[n]) for n in loops), errors.worst
 
 
 def test_task_batching_falls_back_to_the_loop_where_it_cannot_run():
