@@ -175,7 +175,8 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     """MAML meta-gradients: this suite's learner against the plain per-task loop.
 
     ``fast`` is :class:`~learners.maml.MAML` as the harness runs it (inner steps of all tasks
-    batched as grouped convolutions, NCHW; ``fast_channels_last_query`` with the opt-in
+    batched as grouped convolutions, NCHW, and the zero head's first step moving only the head;
+    ``fast_full_first_step`` without that skip; ``fast_channels_last_query`` with the opt-in
     channels-last query side). ``reference`` is
     :func:`~benchmark.references.reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
     learn2learn runs it); ``reference_channels_last`` is the same loop on the channels-last
@@ -189,7 +190,11 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
                   **options).train()
     channels_last_query = build("maml", (1, 28, 28), device, strided=True, query_channels_last=True,
                                 **options).train()
-    for model in (plain, channels_last_query):
+    # the batched path computing the first inner step's exactly-zero encoder gradients too, to
+    # show how much of the gain skipping them gives (MAML.stepped_names)
+    full_first_step = build("maml", (1, 28, 28), device, strided=True, **options).train()
+    full_first_step.stepped_names = lambda params, step: [n for n in params if full_first_step.is_inner(n)]
+    for model in (plain, channels_last_query, full_first_step):
         model.load_state_dict(learner.state_dict())
     cfg = learner.config
 
@@ -245,6 +250,7 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
 
     result = compare({"fast": fast, "reference": reference(plain), "reference_channels_last": reference(learner),
                       "fast_channels_last_query": batched(channels_last_query),
+                      "fast_full_first_step": batched(full_first_step),
                       "reference_query_side": reference_query_side, "fast_query_side": fast_query_side},
                      repeats, device)
     tasks_per_s = {k: round(meta_batch / v["seconds"], 2) for k, v in result.items()}
@@ -262,6 +268,9 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
             "query_side_ratio": speedup(result, "reference_query_side", "fast_query_side"),
             "max_abs_grad_diff": diff, "max_abs_grad": scale, "reference_reordered_max_abs_grad_diff": noise,
             "reference_channels_last_max_abs_grad_diff": layout,
+            # the batched path without skipping the zero head's exactly-zero first-step gradients
+            "full_first_step_tasks_per_s": tasks_per_s["fast_full_first_step"],
+            "full_first_step_ratio": speedup(result, "reference", "fast_full_first_step"),
             # the opt-in channels-last query side (MAML query_channels_last=True)
             "query_channels_last_tasks_per_s": tasks_per_s["fast_channels_last_query"],
             "query_channels_last_ratio": speedup(result, "reference", "fast_channels_last_query"),

@@ -49,8 +49,11 @@ class MAML(Learner):
         first_order: drop second-order terms (FOMAML).
         batch_norm: ``"transductive"`` or ``"running"``.
         head: ``"zero"``: the head starts at zero in every task (works for any number of ways and
-            is label-permutation equivariant; Kao et al. 2022); ``"learned"``: a meta-learned
-            ``nn.Linear(D, n_way)`` with PyTorch's default initialisation, as in the paper.
+            is label-permutation equivariant; Kao et al. 2022). The first inner step then moves only
+            the head, because every encoder gradient is exactly zero there (:meth:`stepped_names`);
+            this skips that step's encoder backward pass and, for second order, its double backward.
+            ``"learned"``: a meta-learned ``nn.Linear(D, n_way)`` with PyTorch's default
+            initialisation, as in the paper.
         n_way: outputs of the learned head (``head="learned"`` only; episodes must match).
         checkpoint: recompute each inner step in the backward pass (gradient checkpointing) to
             save memory with many inner steps (tasks then run one by one).
@@ -145,8 +148,10 @@ class MAML(Learner):
         With ``create_graph`` the result stays differentiable with respect to ``params``
         (second order); otherwise the inner gradients are constants.
         """
-        names = [n for n in params if self.is_inner(n)]
-        for _ in range(steps):
+        for step in range(steps):
+            names = self.stepped_names(params, step)
+            if not names:
+                continue
             if self.config.checkpoint and create_graph:
                 values = torch.utils.checkpoint.checkpoint(
                     self._step, params, support, labels, names, step_size, *[params[n] for n in names],
@@ -155,7 +160,34 @@ class MAML(Learner):
                 values = self._step(params, support, labels, names, step_size, *[params[n] for n in names],
                                     create_graph=create_graph)
             params = {**params, **dict(zip(names, values))}
+            self._new_nodes_for_skipped(params, names)
         return params
+
+    def stepped_names(self, params: Mapping[str, Tensor], step: int) -> list[str]:
+        """The parameters that inner step ``step`` (0-based) moves.
+
+        Those the inner loop adapts, except at the first step with ``head="zero"``: the logits are
+        ``features @ 0 + 0`` there, so the loss reaches the encoder only through a zero matrix and
+        every encoder gradient is exactly zero, as a function of the encoder's weights too (its
+        second-order terms vanish). That step moves only the head, which skips the encoder's
+        backward pass (and, for second order, its double backward) without changing any number.
+        """
+        names = [n for n in params if self.is_inner(n)]
+        if step == 0 and self.head is None:
+            return [n for n in names if n in HEAD]
+        return names
+
+    def _new_nodes_for_skipped(self, params: Params, stepped: list[str]) -> None:
+        """After a step that skipped some inner parameters (:meth:`stepped_names`), give them new
+        autograd nodes with the same values in ``params``.
+
+        A later step must differentiate with respect to this step's output, as if it had subtracted
+        an exactly zero gradient. Its gradient with respect to the tensors this step used would be
+        a total derivative instead: it would also count the paths through the head this step moved.
+        """
+        for n in params:
+            if self.is_inner(n) and n not in stepped:
+                params[n] = params[n].view_as(params[n])
 
     def _step(self, params: Params, support: Mapping[str, Tensor], labels: Tensor, names: list[str],
               step_size: float, *values: Tensor, create_graph: bool = True) -> tuple[Tensor, ...]:
@@ -235,8 +267,10 @@ class MAML(Learner):
             params[name] = tiled if value.requires_grad else tiled.contiguous().requires_grad_()
         support = torch.stack([e.support["image"] for e in episodes])
         labels = torch.stack([e.support_labels for e in episodes])
-        names = [n for n in params if self.is_inner(n)]
-        for _ in range(steps):
+        for step in range(steps):
+            names = self.stepped_names(params, step)
+            if not names:  # nothing moves (a zero head that the inner loop does not adapt)
+                continue
             # always NCHW: channels-last made the support side's second-order pass slower (0.89x a step)
             logits = self.task_batched_logits(params, support)
             # the sum over tasks of each task's mean loss: its gradient with respect to task t's
@@ -245,6 +279,7 @@ class MAML(Learner):
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
                                         allow_unused=True)
             params.update({n: params[n] if g is None else params[n] - step_size * g for n, g in zip(names, grads)})
+            self._new_nodes_for_skipped(params, names)
         return params
 
     def task_batched_loss(self, episodes: Sequence[Episode]) -> Tensor:

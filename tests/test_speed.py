@@ -16,6 +16,7 @@ from benchmark.references import reference_maml_backward, textbook_conv4
 from learners import LEARNERS, ModelSpec
 from learners import taskbatch
 from learners.backbones import Conv4
+from learners.maml import HEAD
 from learners.text import BagOfWords
 from tasks.datasets.shapes import generate
 from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
@@ -148,6 +149,31 @@ def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, 
     assert losses[0] == pytest.approx(losses[1], rel=1e-12)
     for a, b in zip(batched.parameters(), looped.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [
+    {"train_steps": 1}, {"train_steps": 2}, {"train_steps": 1, "first_order": True},
+    {"train_steps": 2, "task_batching": False}, {"train_steps": 2, "first_order": True, "task_batching": False},
+    {"train_steps": 2, "checkpoint": True}, {"train_steps": 3, "name": "anil"},
+])
+def test_zero_head_first_step_skips_only_exact_zeros(options):
+    """With head="zero" the first inner step moves only the head (the encoder's gradient there is
+    exactly zero); loss and meta-gradients equal the textbook loop, which computes everything."""
+    options = dict(options)
+    name, steps, first_order = options.pop("name", "maml"), options["train_steps"], options.get("first_order", False)
+    learner = make(name, **options).train()
+    inner = [n for n in learner.initial_params(3) if learner.is_inner(n)]
+    assert learner.stepped_names(learner.initial_params(3), 0) == [n for n in inner if n in HEAD]
+    assert learner.stepped_names(learner.initial_params(3), 1) == inner
+    textbook = make(name, **options).train()
+    textbook.load_state_dict(learner.state_dict())
+    batch = tasks(4)
+    loss = learner.loss(batch)
+    loss.backward()
+    reference_maml_backward(textbook, batch, steps, textbook.config.train_step_size, first_order)
+    for a, b in zip(learner.parameters(), textbook.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    assert any(float(p.grad.abs().max()) > 0 for p in learner.encoder.parameters())
 
 
 def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size(two_threads):
@@ -316,7 +342,7 @@ def test_perf_script_smoke(tmp_path):
         assert case["max_abs_grad_diff"] <= 1e-2 * case["max_abs_grad"]
         assert case["reference_channels_last_max_abs_grad_diff"] >= 0
         assert case["query_channels_last_max_abs_grad_diff"] <= 1e-2 * case["max_abs_grad"]
-        assert case["query_channels_last_tasks_per_s"] > 0
+        assert case["query_channels_last_tasks_per_s"] > 0 and case["full_first_step_tasks_per_s"] > 0
         assert case["tasks_per_s"] > 0 and case["reference_tasks_per_s"] > 0 and case["ratio"] > 0
         assert case["reference_query_side_share"] > 0 and case["ceiling_ratio"] > 0 and case["query_side_ratio"] > 0
     assert cases["eval"]["protonet"]["same_accuracies"] is True
