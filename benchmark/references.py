@@ -38,7 +38,9 @@ def reference_maml_backward(learner: MAML, batch: Sequence[Episode], steps: int,
         names = [n for n in params if learner.is_inner(n)]
         for _ in range(steps):
             loss = F.cross_entropy(learner.logits(params, episode.support), episode.support_labels)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order)
-            params = {**params, **{n: params[n] - step_size * g for n, g in zip(names, grads)}}
+            # allow_unused: late fusion's logit weights are read outside the model's forward
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order,
+                                        allow_unused=True)
+            params = {**params, **{n: params[n] - step_size * g for n, g in zip(names, grads) if g is not None}}
         query_loss = F.cross_entropy(learner.logits(params, episode.query), episode.query_labels)
         (query_loss / len(batch)).backward()

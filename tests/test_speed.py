@@ -2,6 +2,7 @@
 evaluation and compilation each give what the plain implementation gives; the perf script runs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -174,6 +175,39 @@ def test_zero_head_first_step_skips_only_exact_zeros(options):
     for a, b in zip(learner.parameters(), textbook.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
     assert any(float(p.grad.abs().max()) > 0 for p in learner.encoder.parameters())
+
+
+@pytest.mark.parametrize("fusion", ["late", "attention", "film"])
+def test_zero_head_first_step_skip_holds_for_fused_image_and_text(fusion):
+    """Late fusion scores each modality with its block of the head; with a zero head every block is
+    zero, so the first step's encoder and fusion gradients are still exactly zero."""
+    from tasks.sampler import EpisodeSampler
+
+    data = generate(n_classes=24, items_per_class=10, seed=0)
+    setting = TaskSetting(("image", "text"), ("image", "text"))
+    text = BagOfWords(list(data.captions), dim=16)
+    loader = EpisodeLoader(data.images, data.mean, data.std, text.prepare(data.captions), None, setting)
+    sampler = EpisodeSampler(data, "train", 3, 2, 2)
+    rng = np.random.default_rng(0)
+    def double(side: dict) -> dict:  # images to float64; text stays token ids
+        return {k: v.double() if v.is_floating_point() else v for k, v in side.items()}
+
+    batch = [loader.load(sampler.sample(rng, i)) for i in range(3)]
+    batch = [dataclasses.replace(e, support=double(e.support), query=double(e.query)) for e in batch]
+    learners = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        spec = ModelSpec(("image", "text"), setting, data.image_shape, backbone_options={"hidden": 4, "strided": True},
+                         text_encoder=text, fusion=fusion)
+        learners.append(LEARNERS.get("maml")(spec, LEARNERS.get("maml").Config(train_steps=2)).double().train())
+    learner, textbook = learners
+    learner.loss(batch).backward()
+    reference_maml_backward(textbook, batch, 2, textbook.config.train_step_size, first_order=False)
+    for a, b in zip(learner.parameters(), textbook.parameters()):
+        if b.grad is None:
+            assert a.grad is None or float(a.grad.abs().max()) == 0
+            continue
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-11)
 
 
 def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size(two_threads):
