@@ -286,12 +286,20 @@ class MAML(Learner):
         """:meth:`loss` with all tasks run together (same value and gradients)."""
         params = self.task_batched_adapt(episodes, create_graph=not self.config.first_order)
         query = torch.stack([e.query["image"] for e in episodes])
-        query_labels = torch.stack([e.query_labels for e in episodes])
+        return self.query_loss(params, query, torch.stack([e.query_labels for e in episodes]))
+
+    def query_loss(self, params: Params, query: Tensor, labels: Tensor) -> Tensor:
+        """Mean query loss of ``T`` tasks at their adapted ``params`` (``name -> [T, *shape]``).
+
+        ``query [T, Q, C, H, W]``, ``labels [T, Q]``. With gradients on and ``query_chunk`` below
+        ``T`` the query side's backward is taken here, in chunks (:meth:`_chunked_query_loss`);
+        ``backward`` on the result gives the same gradients either way.
+        """
         chunk = self.config.query_chunk
-        if chunk and chunk < len(episodes) and torch.is_grad_enabled():
-            return self._chunked_query_loss(params, query, query_labels, chunk)
+        if chunk and chunk < len(query) and torch.is_grad_enabled():
+            return self._chunked_query_loss(params, query, labels, chunk)
         logits = self.task_batched_logits(params, query, self.config.query_channels_last)
-        return F.cross_entropy(logits.flatten(0, 1), query_labels.flatten())
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
 
     def _chunked_query_loss(self, params: Params, query: Tensor, labels: Tensor, chunk: int) -> Tensor:
         """The mean query loss, with the query side's backward already taken, ``chunk`` tasks at a time.
