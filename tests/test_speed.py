@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import perf
+from benchmark import workloads
 from benchmark.cli import main
 from benchmark.evaluate import evaluate
 from benchmark.references import reference_maml_backward, textbook_conv4
@@ -111,14 +111,14 @@ def test_channels_last_protonet_gradients_are_as_accurate_as_nchw(two_threads):
     cpu = torch.device("cpu")
     errors = Float32Errors()
     for seed in range(5):
-        data = perf.random_dataset((1, 28, 28), 60, 20, seed=seed)
-        batch = perf.episodes(data, "train", 20, 5, 5, 1, cpu)
+        data = workloads.random_dataset((1, 28, 28), 60, 20, seed=seed)
+        batch = workloads.episodes(data, "train", 20, 5, 5, 1, cpu)
         torch.manual_seed(seed)
-        base = perf.build("protonet", (1, 28, 28), cpu, channels_last=False)
+        base = workloads.build("protonet", (1, 28, 28), cpu, channels_last=False)
         grads = {}
         for name, channels_last, dtype in (("truth", False, torch.float64), ("nchw", False, torch.float32),
                                            ("channels_last", True, torch.float32)):
-            learner = perf.build("protonet", (1, 28, 28), cpu, channels_last=channels_last)
+            learner = workloads.build("protonet", (1, 28, 28), cpu, channels_last=channels_last)
             learner.load_state_dict(base.state_dict())
             learner = learner.to(dtype).train()
             learner.loss(as_double(batch) if dtype == torch.float64 else batch).backward()
@@ -221,16 +221,16 @@ def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size(two_thre
     cpu = torch.device("cpu")
     errors = Float32Errors()
     for seed in range(5):
-        data = perf.random_dataset((1, 28, 28), 60, 20, seed=seed)
-        batch = perf.episodes(data, "train", 5, 1, 15, 32, cpu)
+        data = workloads.random_dataset((1, 28, 28), 60, 20, seed=seed)
+        batch = workloads.episodes(data, "train", 5, 1, 15, 32, cpu)
         torch.manual_seed(seed)
         models = {
-            "fast": perf.build("maml", (1, 28, 28), cpu, strided=True).train(),
-            "fast_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, query_channels_last=True).train(),
-            "loop": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
+            "fast": workloads.build("maml", (1, 28, 28), cpu, strided=True).train(),
+            "fast_cl": workloads.build("maml", (1, 28, 28), cpu, strided=True, query_channels_last=True).train(),
+            "loop": workloads.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
                                task_batching=False).train(),
-            "loop_cl": perf.build("maml", (1, 28, 28), cpu, strided=True, task_batching=False).train(),
-            "truth": perf.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
+            "loop_cl": workloads.build("maml", (1, 28, 28), cpu, strided=True, task_batching=False).train(),
+            "truth": workloads.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
                                 task_batching=False).double().train(),
         }
         for model in models.values():
@@ -327,7 +327,7 @@ def test_cached_evaluation_equals_embedding_every_episode(support, query, fusion
 
 @pytest.mark.parametrize("name", ["maml", "anil"])
 def test_batched_maml_evaluation_equals_one_episode_at_a_time(name):
-    data = perf.random_dataset((1, 16, 16), 30, 12)
+    data = workloads.random_dataset((1, 16, 16), 30, 12)
     loader = EpisodeLoader(data.images, data.mean, data.std, setting=IMAGE)
     manifest = EpisodeManifest.generate(data, "test", 5, 1, 5, 10, seed=0)
     torch.manual_seed(0)
