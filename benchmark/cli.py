@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("kind", choices=KINDS)
     ls.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'proto*'")
 
-    from benchmark.perf import add_arguments as perf_arguments
+    from benchmark.perf.suite import add_arguments as perf_arguments
 
     perf_arguments(sub.add_parser("perf", help="speed benchmark: throughput, memory, ratios (JSON)"))
     return parser
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "table":
             return cmd_table(args)
         if args.command == "perf":
-            from benchmark.perf import main_from_args
+            from benchmark.perf.suite import main_from_args
 
             return main_from_args(args)
         if args.command == "reproduce":

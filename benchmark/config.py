@@ -30,7 +30,7 @@ class TrainConfig:
     lr_decay_every: int = 0  # halve the learning rate every this many steps (0: never)
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max gradient norm (0: off)
-    val_every: int = 200  # validate every this many steps (and at the end)
+    val_every: int = 200  # validate every this many steps (and at the end); 0: no validation, keep the last step
     val_episodes: int = 100
     val_way: int = 5
     val_shot: int = 1
@@ -90,7 +90,7 @@ class ExperimentConfig:
         checks = [
             ("train.way", self.train.way, 2), ("train.shot", self.train.shot, 1),
             ("train.query", self.train.query, 1), ("train.episodes", self.train.episodes, 0),
-            ("train.meta_batch", self.train.meta_batch, 1), ("train.val_every", self.train.val_every, 1),
+            ("train.meta_batch", self.train.meta_batch, 1), ("train.val_every", self.train.val_every, 0),
             ("train.val_episodes", self.train.val_episodes, 1), ("train.val_way", self.train.val_way, 2),
             ("train.val_shot", self.train.val_shot, 1), ("train.val_query", self.train.val_query, 1),
             ("train.lr_decay_every", self.train.lr_decay_every, 0),

@@ -90,9 +90,10 @@ class Benchmark:
         for learner in dict.fromkeys(m.learner for m in self.methods):
             train = train_config(cfg, learner)
             self.samplers[learner] = EpisodeSampler(self.dataset, "train", train.way, train.shot, train.query)
-        self.val_manifest, _ = EpisodeManifest.get(
+        validates = any(train_config(cfg, m.learner).val_every for m in self.methods)
+        self.val_manifest = EpisodeManifest.get(
             self.manifest_dir, self.dataset, "val", cfg.train.val_way, cfg.train.val_shot, cfg.train.val_query,
-            cfg.train.val_episodes, self.seeds["manifest"])
+            cfg.train.val_episodes, self.seeds["manifest"])[0] if validates else None
         self.test_manifests = {}
         for way in cfg.eval.ways:
             for shot in cfg.eval.shots:

@@ -26,9 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: Callable[[], EpisodeLoader],
-               sampler: EpisodeSampler, val_manifest: EpisodeManifest, device: torch.device, seed: int,
+               sampler: EpisodeSampler, val_manifest: EpisodeManifest | None, device: torch.device, seed: int,
                path: Path, resume: bool) -> dict:
     """Episodic meta-training with validation-based model selection; keeps the best state.
+
+    With ``cfg.val_every == 0`` there is no validation (e.g. training on train + val classes, as
+    Snell et al.'s final models) and the state after the last step is kept.
 
     Every ``train.checkpoint_every`` steps the whole training state is saved to ``path`` (the
     harness uses ``checkpoints/<slug>.train.pt``); with ``resume`` a later run continues from it and
@@ -37,7 +40,8 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
     Args:
         cfg: the method's training settings.
         make_loader: builds the episode loader (called only when there is something to train).
-        sampler: draws the training episodes; val_manifest: the validation episodes.
+        sampler: draws the training episodes; val_manifest: the validation episodes (``None``
+            when ``cfg.val_every == 0``).
         seed: of the training-episode generator.
         path: the training checkpoint; resume: continue from it if it exists.
 
@@ -90,7 +94,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
         optimiser.step()
         if scheduler is not None:
             scheduler.step()
-        if step % cfg.val_every == 0 or step == cfg.episodes:
+        if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.episodes):
             val = float(evaluate(learner, loader, val_manifest, device)["accuracy"].mean())
             history["val"].append({"step": step, "loss": last_loss, "val_accuracy": val})
             bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{100 * val:.1f}")
@@ -108,7 +112,10 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             saved = step
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook (MMFS_TEST_KILL_AT_STEP): die like an OOM kill
-    learner.load_state_dict(best_state)
+    if cfg.val_every:
+        learner.load_state_dict(best_state)
+    else:
+        history["best_step"] = cfg.episodes  # no validation: the last step is the model
     return history
 
 

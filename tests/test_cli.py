@@ -161,3 +161,17 @@ def test_entry_point_ls_and_help():
     bad = subprocess.run([sys.executable, "run_benchmark.py", "--learners", "nope"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown learner 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_training_without_validation_keeps_the_last_step(tmp_path, capsys):
+    """``train.val_every=0``: no validation manifest is built and the final state is the model."""
+    args = TINY + ["--learners", "protonet", "--modalities", "image", "--shots", "1", "--set", "train.val_every=0",
+                   "--set", "train.checkpoint_every=0", "--out", str(tmp_path)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    run_dir = only_run_dir(tmp_path)
+    record = json.loads((run_dir / "run.json").read_text())
+    method = next(iter(record["methods"].values()))
+    assert record["val_manifest_sha256"] is None
+    assert method["val"] == [] and method["best_step"] == 3
+    assert not any(p.name.startswith("shapes-val") for p in (tmp_path / "manifests").iterdir())

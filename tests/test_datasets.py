@@ -108,6 +108,20 @@ def test_omniglot_rotated_classes_are_true_rotations(omniglot):
 
 
 @needs_shared
+def test_omniglot_trainval_split_is_snells_final_split(omniglot):
+    """``vinyals_trainval``: train on the 1,200 train + val characters, same 423 test characters, no val."""
+    data = omniglot[0]
+    trainval = load_dataset("omniglot", str(SHARED), split="vinyals_trainval")
+    assert sorted(trainval.splits) == ["test", "train"]
+    assert len(trainval.splits["train"]) == 1200 * 4 and len(trainval.splits["test"]) == 423 * 4
+    np.testing.assert_array_equal(trainval.splits["test"], data.splits["test"])
+    np.testing.assert_array_equal(np.sort(trainval.splits["train"]),
+                                  np.sort(np.concatenate([data.splits["train"], data.splits["val"]])))
+    with pytest.raises(BenchmarkError, match="vinyals_trainval"):
+        load_dataset("omniglot", str(SHARED), split="trainval")
+
+
+@needs_shared
 def test_omniglot_background_split_and_cache(omniglot):
     data, first, t_first, t_second = omniglot
     np.testing.assert_array_equal(first.images[::997], data.images[::997])
@@ -130,7 +144,10 @@ def test_miniimagenet_counts_text_and_cache(mini):
     data, first, t_first, t_second = mini
     assert data.image_shape == (3, 84, 84)
     assert {s: len(c) for s, c in data.splits.items()} == {"train": 64, "val": 16, "test": 20}
-    assert (np.bincount(data.labels, minlength=100) == 100).all()
+    per_class = np.bincount(data.labels, minlength=100)
+    # train and val classes are complete (600 images each); the test classes hold their first 100
+    assert {s: set(per_class[c].tolist()) for s, c in data.splits.items()} == {
+        "train": {600}, "val": {600}, "test": {100}}
     assert data.captions is None and "text" not in data.modalities
     wnids = data.info["wnids"]
     synsets = wordnet_synsets()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.cli import main
-from benchmark.references import reference_maml_backward
+from benchmark.perf.references import reference_maml_backward
 from learners import LEARNERS, ModelSpec
 from learners.maml import MAML
 from tasks.episode import Episode, TaskSetting

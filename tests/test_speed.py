@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import workloads
+from benchmark.perf import workloads
 from benchmark.cli import main
 from benchmark.evaluate import evaluate
-from benchmark.references import reference_maml_backward, textbook_conv4
+from benchmark.perf.references import reference_maml_backward, textbook_conv4
 from learners import LEARNERS, ModelSpec
 from learners import taskbatch
 from learners.backbones import Conv4

@@ -15,6 +15,9 @@ Splits (``split=`` option):
     ``vinyals`` (default): the Vinyals et al. character split used by ProtoNet
     and MAML, 1028 / 172 / 423 characters (x4 rotations), read from
     ``tasks/data/omniglot_vinyals/{train,val,test}.txt``.
+    ``vinyals_trainval``: Snell et al.'s final-model split: meta-train on the 1,200 Vinyals
+        training + validation characters (``trainval.txt``), test on the same 423 test
+        characters; there is no validation split (train with ``train.val_every: 0``).
     ``background``: Lake's split: train on ``images_background``, test on
     ``images_evaluation``; a seeded ``val_fraction`` of the background
     characters (all rotations together) is held out for validation.
@@ -39,6 +42,7 @@ from tasks.errors import BenchmarkError
 log = logging.getLogger(__name__)
 
 FOLDERS = ("images_background", "images_evaluation")
+SPLITS = ("vinyals", "vinyals_trainval", "background")
 LAYOUT = ("  omniglot-py/images_background/<Alphabet>/characterNN/NNNN_MM.png\n"
           "  omniglot-py/images_evaluation/<Alphabet>/characterNN/NNNN_MM.png")
 HOW = ("rerun with --download (uses torchvision.datasets.Omniglot), or download images_background.zip and "
@@ -90,8 +94,8 @@ class OmniglotDataset:
         rotations = tuple(int(r) for r in rotations)
         if not rotations or any(r % 90 or not 0 <= r < 360 for r in rotations) or len(set(rotations)) != len(rotations):
             raise BenchmarkError(f"omniglot: rotations must be distinct values among 0, 90, 180, 270; got {rotations}")
-        if split not in ("vinyals", "background"):
-            raise BenchmarkError(f"omniglot: split must be 'vinyals' or 'background', got {split!r}")
+        if split not in SPLITS:
+            raise BenchmarkError(f"omniglot: split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
 
         # Characters: (folder, alphabet, character), sorted; their drawings, sorted by name.
         chars: list[tuple[str, str, str]] = []
@@ -123,10 +127,12 @@ class OmniglotDataset:
                 class_texts.append(text + (f", rotated by {r} degrees" if r else ""))
         index = {name: i for i, name in enumerate(class_names)}
 
-        if split == "vinyals":
+        if split.startswith("vinyals"):
             splits = {}
-            for s in ("train", "val", "test"):
-                path = package_data("omniglot_vinyals", f"{s}.txt")
+            files_of = ({"train": "trainval", "test": "test"} if split == "vinyals_trainval"
+                        else {"train": "train", "val": "val", "test": "test"})
+            for s, stem in files_of.items():
+                path = package_data("omniglot_vinyals", f"{stem}.txt")
                 names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
                 wanted = [n for n in names if int(n.rsplit("rot", 1)[1]) in rotations]
                 missing = [n for n in wanted if n not in index]

@@ -6,8 +6,8 @@ same run, interleaved (A, B, A, B, ...), and each throughput is the median over 
 that load from other processes hits both sides alike. Data is random uint8 images of the
 benchmark's shapes, so no dataset is needed.
 
-Cases (the references are in :mod:`benchmark.references`, the timing in :mod:`benchmark.measure`,
-the synthetic data in :mod:`benchmark.workloads`, the MAML cases in :mod:`benchmark.perf_maml`):
+Cases (the references are in :mod:`benchmark.perf.references`, the timing in :mod:`benchmark.perf.measure`,
+the synthetic data in :mod:`benchmark.perf.workloads`, the MAML cases in :mod:`benchmark.perf.maml_cases`):
   * ``sampling``: episode sampling + batching (episodes/s) for 28x28x1 and 84x84x3 images, as
     a fraction of a ProtoNet training step on the same episodes;
   * ``protonet_train``: ProtoNet meta-training, Omniglot-sized 60-way 5-shot 5-query, this suite's
@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.measure import compare, peak_mb, reset_peak, speedup, timed
-from benchmark.perf_maml import case_maml, case_maml_memory
-from benchmark.references import textbook_conv4
+from benchmark.perf.measure import compare, peak_mb, reset_peak, speedup, timed
+from benchmark.perf.maml_cases import case_maml, case_maml_memory
+from benchmark.perf.references import textbook_conv4
 from benchmark.runtime import check_compile_backend, keep_freed_memory
-from benchmark.workloads import IMAGE, build, episodes, random_dataset, train_step
+from benchmark.perf.workloads import IMAGE, build, episodes, random_dataset, train_step
 from learners.base import Learner
 from tasks.episode import EpisodeLoader
 from tasks.sampler import EpisodeManifest, EpisodeSampler

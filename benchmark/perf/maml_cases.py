@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmark.measure import compare, speedup
-from benchmark.references import reference_maml_backward
-from benchmark.workloads import build, episodes, random_dataset
+from benchmark.perf.measure import compare, speedup
+from benchmark.perf.references import reference_maml_backward
+from benchmark.perf.workloads import build, episodes, random_dataset
 from learners.maml import MAML
 
 
@@ -21,7 +21,7 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     batched as grouped convolutions, NCHW, and the zero head's first step moving only the head;
     ``fast_full_first_step`` without that skip; ``fast_channels_last_query`` with the opt-in
     channels-last query side). ``reference`` is
-    :func:`~benchmark.references.reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
+    :func:`~benchmark.perf.references.reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
     learn2learn runs it); ``reference_channels_last`` is the same loop on the channels-last
     model, which shows how much of the gain the memory layout alone gives.
     """
