@@ -1,0 +1,111 @@
+"""Tables of a class-text study folder, regenerated from its ``rows.jsonl`` and ``gates-*.jsonl``.
+
+* ``summary.csv``/``.md``: mean accuracy and 95% CI per (method, shot) with all class text.
+* ``comparison.csv``/``.md``: each method minus the baseline on the same episodes (paired t-test):
+  difference, its 95% CI and the p-value, per shot.
+* ``missing_text.csv``/``.md``: accuracy per (method, shot, text fraction p), with the paired
+  difference to the same method with all text.
+* ``gates.csv``: the tracked gate statistics and text/image separation per (method, shot, step, split).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.results import atomic_write_text, read_rows, to_markdown
+from benchmark.stats import mean_ci95, paired_test
+
+
+def _values(group: pd.DataFrame):
+    return group.sort_values("episode")["value"].to_numpy()
+
+
+def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy ± 95% CI (percent) per (method, shot, text fraction)."""
+    out = []
+    for (method, shot, p), group in rows.groupby(["method", "n_shot", "text_fraction"], sort=False):
+        mean, ci = mean_ci95(_values(group))
+        out.append({"method": method, "n_way": int(group["n_way"].iloc[0]), "n_shot": int(shot),
+                    "text_fraction": float(p), "accuracy": round(100 * mean, 2), "ci95": round(100 * ci, 2),
+                    "n_episodes": len(group), "best_step": group["best_step"].iloc[0],
+                    "manifest_sha256": group["manifest_sha256"].iloc[0]})
+    return pd.DataFrame(out)
+
+
+def paired(rows: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    """Paired comparison of two rows groups (same manifest, episode order)."""
+    a, b = _values(rows), _values(reference)
+    test = paired_test(a, b)
+    return {"difference": round(100 * test.mean_difference, 2), "difference_ci95": round(100 * test.ci95, 2),
+            "p_value": float(f"{test.p_value:.3g}"), "n_episodes": test.n}
+
+
+def comparison_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Every method (all class text) against ``baseline`` on the same test episodes."""
+    full = rows[rows["text_fraction"] == 1.0]
+    out = []
+    for (shot, sha), group in full.groupby(["n_shot", "manifest_sha256"], sort=False):
+        base = group[group["method"] == baseline]
+        if base.empty:
+            continue
+        for method, m in group.groupby("method", sort=False):
+            if method == baseline or len(m) != len(base):
+                continue
+            mean, ci = mean_ci95(_values(m))
+            out.append({"method": method, "n_shot": int(shot), "accuracy": round(100 * mean, 2),
+                        "ci95": round(100 * ci, 2), "baseline": baseline,
+                        "baseline_accuracy": round(100 * float(_values(base).mean()), 2), **paired(m, base)})
+    return pd.DataFrame(out)
+
+
+def missing_text_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per text fraction, and its paired difference to the same method with all text."""
+    out = []
+    for (method, shot), group in rows.groupby(["method", "n_shot"], sort=False):
+        full = group[group["text_fraction"] == 1.0]
+        if group["text_fraction"].nunique() < 2 or full.empty:
+            continue
+        for p, g in group.groupby("text_fraction", sort=False):
+            mean, ci = mean_ci95(_values(g))
+            row = {"method": method, "n_shot": int(shot), "text_fraction": float(p), "accuracy": round(100 * mean, 2),
+                   "ci95": round(100 * ci, 2)}
+            if p != 1.0:
+                row.update({f"vs_all_text_{k}": v for k, v in paired(g, full).items() if k != "n_episodes"})
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def gate_table(folder: Path) -> pd.DataFrame:
+    """The tracked gates of every ``gates-<method>-<shot>shot.jsonl`` in ``folder`` (no per-class values)."""
+    out = []
+    for path in sorted(folder.glob("gates-*.jsonl")):
+        method, shot = path.stem[len("gates-"):].rsplit("-", 1)
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            record.pop("gates", None)
+            out.append({"method": method, "shot": shot, **record})
+    return pd.DataFrame(out)
+
+
+def write_tables(folder: Path, baseline: str) -> pd.DataFrame:
+    """Regenerate every table of ``folder``; returns the comparison table."""
+    folder = Path(folder)
+    rows = read_rows(folder / "rows.jsonl")
+    if rows.empty:
+        return pd.DataFrame()
+    tables = {"summary": summary_table(rows[rows["text_fraction"] == 1.0]),
+              "comparison": comparison_table(rows, baseline), "missing_text": missing_text_table(rows),
+              "gates": gate_table(folder)}
+    for name, table in tables.items():
+        if table.empty:
+            continue
+        atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
+        if name != "gates":
+            atomic_write_text(folder / f"{name}.md", to_markdown(table.drop(columns=["manifest_sha256"],
+                                                                            errors="ignore")))
+    return tables["comparison"]
