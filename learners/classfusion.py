@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from learners.am3 import ClassTextMask
@@ -77,7 +76,3 @@ class ClassTextFusion(ClassTextMask, ProtoNet):
     def predict(self, state: Tensor, query: Mapping[str, Tensor]) -> Tensor:
         prototypes = self.require_state(state)
         return self.logits(self.fusion({"image": self.embed(query)}), prototypes)
-
-    def loss(self, episodes: Sequence[Episode]) -> Tensor:
-        losses = [F.cross_entropy(self.predict(self.adapt(ep), ep.query), ep.query_labels) for ep in episodes]
-        return torch.stack(losses).mean()

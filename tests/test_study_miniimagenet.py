@@ -57,6 +57,12 @@ def test_study_writes_paired_comparisons_gates_and_missing_text(tmp_path, checkp
     before = (out / "rows.jsonl").read_text()
     assert _study(tmp_path, checkpoint, "--methods", methods) == 0  # a rerun finds everything done
     assert (out / "rows.jsonl").read_text() == before
+    (out / "comparison.csv").unlink()
+    (out / "gates_overview.csv").unlink()
+    assert main(["--tables-only", "--out", str(out)]) == 0  # the tables come back from the rows alone
+    pd.testing.assert_frame_equal(pd.read_csv(out / "comparison.csv"), comparison)
+    overview = pd.read_csv(out / "gates_overview.csv")
+    assert set(overview["split"]) == {"train", "val", "test"} and overview["gate_kept"].between(0, 1).all()
 
 
 def test_study_errors_name_what_to_fix(tmp_path, checkpoint, capsys):
@@ -68,3 +74,7 @@ def test_study_errors_name_what_to_fix(tmp_path, checkpoint, capsys):
     assert "missing.pt does not exist" in capsys.readouterr().err
     assert _study(tmp_path, checkpoint, "--text-fractions", "1,2") == 2
     assert "2.0 is not in [0, 1]" in capsys.readouterr().err
+    assert main(["--tables-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert "rows.jsonl does not exist" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "nothing")]) == 2
+    assert "give --data-root and --checkpoint" in capsys.readouterr().err

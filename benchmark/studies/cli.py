@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from tasks.errors import BenchmarkError
 
@@ -23,9 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark.studies.miniimagenet_text",
                                 description="miniImageNet image + WordNet class text on a frozen Conv-4 "
                                             "(see docs/findings-miniimagenet-text.md)")
-    p.add_argument("--data-root", required=True, help="folder holding miniImageNet/ (Ravi layout)")
-    p.add_argument("--checkpoint", required=True,
-                   help="trained backbone: a harness checkpoint (<run>/checkpoints/protonet-image-none.pt)")
+    p.add_argument("--data-root", help="folder holding miniImageNet/ (Ravi layout); required unless --tables-only")
+    p.add_argument("--checkpoint",
+                   help="trained backbone: a harness checkpoint (<run>/checkpoints/protonet-image-none.pt); "
+                        "required unless --tables-only")
+    p.add_argument("--tables-only", action="store_true",
+                   help="only regenerate the tables of --out from its rows.jsonl and gates-*.jsonl")
     p.add_argument("--out", default="results/miniimagenet_text/study", help="study folder (rerun to resume)")
     p.add_argument("--image-size", type=int, default=84, help="the size the backbone was trained at")
     p.add_argument("--hidden", type=int, default=64, help="channels of the trained Conv-4")
@@ -74,9 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark.results import to_markdown
         from benchmark.studies.miniimagenet_text import Study
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        table = Study(config_from_args(args)).run()
+        if args.tables_only:
+            from benchmark.studies.miniimagenet_text import BASELINE
+            from benchmark.studies.tables import write_tables
+
+            if not (Path(args.out) / "rows.jsonl").is_file():
+                raise BenchmarkError(f"--tables-only: {args.out}/rows.jsonl does not exist; run the study first")
+            table = write_tables(Path(args.out), BASELINE)
+        else:
+            if not args.data_root or not args.checkpoint:
+                raise BenchmarkError("give --data-root and --checkpoint (or --tables-only to redo the tables)")
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            table = Study(config_from_args(args)).run()
         print(to_markdown(table) if not table.empty else "(no comparison: the baseline has no rows)")
         return 0
     except BenchmarkError as err:

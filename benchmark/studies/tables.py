@@ -5,7 +5,8 @@
   difference, its 95% CI and the p-value, per shot.
 * ``missing_text.csv``/``.md``: accuracy per (method, shot, text fraction p), with the paired
   difference to the same method with all text.
-* ``gates.csv``: the tracked gate statistics and text/image separation per (method, shot, step, split).
+* ``gates.csv``: the tracked gate statistics and text/image separation per (method, shot, step, split);
+  ``gates_overview.csv``/``.md``: the gate at the start, at the kept step and at the end.
 """
 from __future__ import annotations
 
@@ -92,6 +93,27 @@ def gate_table(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def gate_overview(gates: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, shot, split): the gate at the start, at the kept (best-validation) step and at the end,
+    with the text-only and image-only separation at the kept step (the collapse measure)."""
+    if gates.empty:
+        return gates
+    best = {(m, f"{s}shot"): b for m, s, b in rows[["method", "n_shot", "best_step"]].drop_duplicates().itertuples(
+        index=False)}
+    out = []
+    for (method, shot, split), g in gates.groupby(["method", "shot", "split"], sort=False):
+        g = g.sort_values("step")
+        kept_step = best.get((method, shot), g["step"].iloc[-1])
+        kept = g[g["step"] <= kept_step].iloc[-1]
+        out.append({"method": method, "shot": shot, "split": split, "gate_start": round(g["gate_mean"].iloc[0], 4),
+                    "kept_step": int(kept["step"]), "gate_kept": round(kept["gate_mean"], 4),
+                    "gate_kept_min": round(kept["gate_min"], 4), "gate_kept_max": round(kept["gate_max"], 4),
+                    "text_only_accuracy_kept": round(100 * kept["text_accuracy"], 2),
+                    "image_only_accuracy_kept": round(100 * kept["image_accuracy"], 2),
+                    "last_step": int(g["step"].iloc[-1]), "gate_last": round(g["gate_mean"].iloc[-1], 4)})
+    return pd.DataFrame(out)
+
+
 def write_tables(folder: Path, baseline: str) -> pd.DataFrame:
     """Regenerate every table of ``folder``; returns the comparison table."""
     folder = Path(folder)
@@ -101,6 +123,7 @@ def write_tables(folder: Path, baseline: str) -> pd.DataFrame:
     tables = {"summary": summary_table(rows[rows["text_fraction"] == 1.0]),
               "comparison": comparison_table(rows, baseline), "missing_text": missing_text_table(rows),
               "gates": gate_table(folder)}
+    tables["gates_overview"] = gate_overview(tables["gates"], rows)
     for name, table in tables.items():
         if table.empty:
             continue
