@@ -59,6 +59,7 @@ def test_study_writes_paired_comparisons_gates_and_missing_text(tmp_path, checkp
     assert (out / "rows.jsonl").read_text() == before
     (out / "comparison.csv").unlink()
     (out / "gates_overview.csv").unlink()
+    (out / "rows.jsonl").unlink()  # as in a clone: only the compressed copy is committed
     assert main(["--tables-only", "--out", str(out)]) == 0  # the tables come back from the rows alone
     pd.testing.assert_frame_equal(pd.read_csv(out / "comparison.csv"), comparison)
     overview = pd.read_csv(out / "gates_overview.csv")

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             from benchmark.studies.miniimagenet_text import BASELINE
             from benchmark.studies.tables import write_tables
 
-            if not (Path(args.out) / "rows.jsonl").is_file():
+            if not any((Path(args.out) / n).is_file() for n in ("rows.jsonl", "rows.jsonl.gz")):
                 raise BenchmarkError(f"--tables-only: {args.out}/rows.jsonl does not exist; run the study first")
             table = write_tables(Path(args.out), BASELINE)
         else:

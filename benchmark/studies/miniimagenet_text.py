@@ -13,7 +13,7 @@ Run (see docs/findings-miniimagenet-text.md for the full commands)::
     python -m benchmark.studies.miniimagenet_text --data-root ../shared/data \\
         --checkpoint <run>/checkpoints/protonet-image-none.pt --out results/miniimagenet_text/study
 
-Writes into ``--out``: ``rows.jsonl`` (per episode), ``summary.csv``/``.md``, ``comparison.csv``/``.md``
+Writes into ``--out``: ``rows.jsonl`` (per episode; and ``rows.jsonl.gz``, the copy to commit), ``summary.csv``/``.md``, ``comparison.csv``/``.md``
 (paired vs ProtoNet), ``missing_text.csv``, ``gates.jsonl`` and ``gates.csv``, ``study.json``,
 ``manifests/`` and ``checkpoints/``. A rerun skips the (method, shot) pairs already in ``rows.jsonl``
 and resumes an interrupted training from its checkpoint.
@@ -178,7 +178,7 @@ class Study:
 
     def run(self):
         """Every (method, shot) not yet in ``rows.jsonl``; then the tables."""
-        from benchmark.studies.tables import write_tables
+        from benchmark.studies.tables import pack_rows, write_tables
 
         rows_path = self.out / "rows.jsonl"
         existing = read_rows(rows_path)
@@ -197,6 +197,8 @@ class Study:
                 append_rows(rows_path, rows)
                 (self.out / "checkpoints" / f"{label}-{shot}shot.train.pt").unlink(missing_ok=True)
         self.write_record()
+        if rows_path.is_file():
+            pack_rows(self.out)
         return write_tables(self.out, BASELINE)
 
     def write_record(self) -> None:

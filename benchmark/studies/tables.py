@@ -1,4 +1,5 @@
-"""Tables of a class-text study folder, regenerated from its ``rows.jsonl`` and ``gates-*.jsonl``.
+"""Tables of a class-text study folder, regenerated from its ``rows.jsonl`` (or ``rows.jsonl.gz``)
+and ``gates-*.jsonl``.
 
 * ``summary.csv``/``.md``: mean accuracy and 95% CI per (method, shot) with all class text.
 * ``comparison.csv``/``.md``: each method minus the baseline on the same episodes (paired t-test):
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import atomic_write_text, read_rows, to_markdown
+from benchmark.results import atomic_write_bytes, atomic_write_text, read_rows, to_markdown
 from benchmark.stats import mean_ci95, paired_test
 
 
@@ -114,10 +115,28 @@ def gate_overview(gates: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def study_rows(folder: Path) -> pd.DataFrame:
+    """The per-episode rows of ``folder``: ``rows.jsonl``, else its compressed copy ``rows.jsonl.gz``
+    (the one committed: the plain file of a full study is tens of MB)."""
+    rows = read_rows(Path(folder) / "rows.jsonl")
+    packed = Path(folder) / "rows.jsonl.gz"
+    if rows.empty and packed.is_file():
+        rows = pd.read_json(packed, lines=True, compression="gzip")
+    return rows
+
+
+def pack_rows(folder: Path) -> None:
+    """Write ``rows.jsonl.gz``, a gzip copy of ``rows.jsonl`` (deterministic: no time stamp)."""
+    import gzip
+
+    data = (Path(folder) / "rows.jsonl").read_bytes()
+    atomic_write_bytes(Path(folder) / "rows.jsonl.gz", gzip.compress(data, mtime=0))
+
+
 def write_tables(folder: Path, baseline: str) -> pd.DataFrame:
     """Regenerate every table of ``folder``; returns the comparison table."""
     folder = Path(folder)
-    rows = read_rows(folder / "rows.jsonl")
+    rows = study_rows(folder)
     if rows.empty:
         return pd.DataFrame()
     tables = {"summary": summary_table(rows[rows["text_fraction"] == 1.0]),
