@@ -75,6 +75,11 @@ def test_study_errors_name_what_to_fix(tmp_path, checkpoint, capsys):
     assert "missing.pt does not exist" in capsys.readouterr().err
     assert _study(tmp_path, checkpoint, "--text-fractions", "1,2") == 2
     assert "2.0 is not in [0, 1]" in capsys.readouterr().err
+    assert _study(tmp_path, checkpoint, "--train-way", "1") == 2
+    assert "--train-way 1 is out of range: it must be >= 2" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert _study(tmp_path, checkpoint, "--out", str(tmp_path / "file" / "study")) == 2
+    assert "cannot create the study folder" in capsys.readouterr().err
     assert main(["--tables-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "rows.jsonl does not exist" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "nothing")]) == 2

@@ -97,6 +97,16 @@ class StudyConfig:
         for p in self.text_fractions:
             if not 0.0 <= p <= 1.0:
                 raise BenchmarkError(f"--text-fractions: {p} is not in [0, 1]")
+        checks = [("--shots", s, 1) for s in self.shots] + [
+            ("--test-episodes", self.test_episodes, 1), ("--train-episodes", self.train.episodes, 0),
+            ("--train-way", self.train.way, 2), ("--gate-every", self.gate_every, 0),
+            ("--gate-episodes", self.gate_episodes, 1), ("--val-episodes", self.train.val_episodes, 1),
+            ("--val-every", self.train.val_every, 0), ("--lr-decay-every", self.train.lr_decay_every, 0)]
+        for flag, value, low in checks:
+            if value < low:
+                raise BenchmarkError(f"{flag} {value} is out of range: it must be >= {low}")
+        if not self.shots:
+            raise BenchmarkError("--shots is empty; give at least one, e.g. --shots 1,5")
         return self
 
 
@@ -106,7 +116,11 @@ class Study:
     def __init__(self, cfg: StudyConfig) -> None:
         self.cfg = cfg.check()
         self.out = Path(cfg.out)
-        (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BenchmarkError(f"cannot create the study folder {self.out}: {err.strerror or err}; "
+                                 "choose another --out") from None
         self.device = torch.device(cfg.device)
         self.dataset = load_dataset("miniimagenet", cfg.data_root, image_size=cfg.image_size,
                                     max_per_class=cfg.max_per_class, classes_per_split=cfg.classes_per_split)
