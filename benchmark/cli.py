@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmark.perf.suite import add_arguments as perf_arguments
 
     perf_arguments(sub.add_parser("perf", help="speed benchmark: throughput, memory, ratios (JSON)"))
+    from benchmark.cli_evaluate import add_arguments as evaluate_arguments
+
+    evaluate_arguments(sub)
     return parser
 
 
@@ -286,7 +289,7 @@ def load_plugins(modules: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = {"run", "ls", "table", "perf", "reproduce"}
+    commands = {"run", "ls", "table", "perf", "reproduce", "evaluate", "upgrade-checkpoint"}
     first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
     if first is None or argv[first] not in commands:
         if not any(a in ("-h", "--help") for a in argv[:1]):
@@ -307,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             return main_from_args(args)
         if args.command == "reproduce":
             return cmd_reproduce(args)
+        if args.command in ("evaluate", "upgrade-checkpoint"):
+            from benchmark import cli_evaluate
+
+            return cli_evaluate.cmd_evaluate(args) if args.command == "evaluate" else cli_evaluate.cmd_upgrade(args)
         return cmd_run(args)
     except BenchmarkError as err:
         if args.debug:

@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.checkpoint import RunLock
+from benchmark.checkpoint import RunLock, save_model
 from benchmark.config import ExperimentConfig, component_config, to_dict, train_config
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, expand_methods
 from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
-from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
+from benchmark.results import (append_rows, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
 from benchmark.runtime import keep_freed_memory
+from benchmark.savedmodel import describe, text_corpus
 from benchmark.training import meta_train
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from tasks.datasets import FewShotDataset, load_dataset
@@ -146,9 +147,7 @@ class Benchmark:
         """(encoder factory, prepared item text, prepared class text), computed once per run."""
         if not self._text:
             cfg, data = self.cfg, self.dataset
-            train = set(data.split_classes("train").tolist())
-            corpus = [t for t, y in zip(data.captions or [], data.labels) if y in train]
-            corpus += [t for c, t in enumerate(data.class_texts or []) if c in train]
+            corpus = text_corpus(data)
             cls = TEXT_ENCODERS.get(cfg.text_encoder)
             options = dict(cfg.text_encoder_options)
             try:
@@ -224,11 +223,7 @@ class Benchmark:
         learner = self.build_learner(method)
         history = self.train(learner, method)
         checkpoint = self.run_dir / "checkpoints" / f"{method.slug}.pt"
-        import io
-
-        buffer = io.BytesIO()
-        torch.save(learner.state_dict(), buffer)
-        atomic_write_bytes(checkpoint, buffer.getvalue())
+        save_model(checkpoint, learner, describe(self.cfg, method, self.dataset, self.setting))  # self-describing
         loader = self._loader(self.setting, learner)
         rows = []
         for (way, shot), (manifest, _) in self.test_manifests.items():
