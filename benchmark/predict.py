@@ -72,8 +72,9 @@ def episodes_from_file(source: EpisodeFile, meta: dict, dataset: FewShotDataset 
         index = {n: i for i, n in enumerate(names)}
         specs = []
         for k, ep in enumerate(source.episodes):
-            for label, items in zip(ep.classes, ep.support + ep.query):
-                _check_index_items(source, ep.episode_id, label, items, dataset, index)
+            for side in (ep.support, ep.query):
+                for label, items in zip(ep.classes, side):
+                    _check_index_items(source, ep.episode_id, label, items, dataset, index)
             specs.append(EpisodeSpec(tuple(index[c] for c in ep.classes), ep.support, ep.query, k))
         items = [str(i) for i in range(len(dataset.labels))]
     else:
