@@ -6,7 +6,6 @@ parses flags into an :class:`~benchmark.config.ExperimentConfig`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import signal
 import sys
@@ -23,7 +22,8 @@ examples:
   python run_benchmark.py --shots 1 --test-episodes 200 --train-episodes 100
   python run_benchmark.py --learners protonet --modalities image+text --fusions attention \\
       --query-modalities image                 # queries without text
-  python run_benchmark.py --config benchmark/configs/shapes_default.yaml --set train.lr=0.0005
+  python run_benchmark.py --config benchmark/configs/omniglot_protonet_5w1s.yaml --data-root ../shared/data \\
+      --set train.lr=0.0005
   python run_benchmark.py ls learners          # what is registered ('ls fusions', 'ls datasets', ...)
 
 An interrupted run continues where it stopped when the same command is run again
@@ -165,6 +165,9 @@ def config_from_args(args: argparse.Namespace):
         cfg = merge(cfg, nested, f"--set {key}")
     if getattr(args, "download", False):
         cfg = merge(cfg, {"dataset_options": {**cfg.dataset_options, "download": True}}, "--download")
+    runtime = {"out": "", "device": "", "threads": 0}  # where and how fast: still the default suite
+    if not args.config and cfg.note and merge(cfg, runtime, "-") != merge(default_experiment(), runtime, "-"):
+        cfg = merge(cfg, {"note": ""}, "command line")  # the default suite's note describes it alone
     return cfg
 
 
@@ -273,32 +276,39 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_plugins(modules: list[str]) -> None:
-    """Import user modules named explicitly with ``--plugin`` (they register components)."""
-    for name in modules:
-        if name.endswith(".py") or "/" in name:
-            path = Path(name)
-            sys.path.insert(0, str(path.parent.resolve()))
-            name = path.stem
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise BenchmarkError(f"--plugin {name!r} could not be imported: {err}") from None
+COMMANDS = {"run", "ls", "table", "perf", "reproduce", "evaluate", "upgrade-checkpoint"}
+
+
+def _default_command(argv: list[str]) -> list[str]:
+    """Insert ``run`` (the default command) when no command is named, with the global flags
+    (``--debug``, ``--plugin X``) moved in front of it."""
+    globals_, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--debug" or argv[i].startswith("--plugin="):
+            globals_.append(argv[i])
+        elif argv[i] == "--plugin" and i + 1 < len(argv):
+            globals_ += argv[i:i + 2]
+            i += 1
+        else:
+            rest.append(argv[i])
+        i += 1
+    if any(a in ("-h", "--help") for a in argv[:1]):
+        return argv
+    first = next((a for a in rest if not a.startswith("-")), None)
+    if first in COMMANDS:
+        return globals_ + rest
+    return globals_ + ["run"] + rest
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = {"run", "ls", "table", "perf", "reproduce", "evaluate", "upgrade-checkpoint"}
-    first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
-    if first is None or argv[first] not in commands:
-        if not any(a in ("-h", "--help") for a in argv[:1]):
-            # `run` is the default command; keep global flags in front of it
-            globals_ = [a for a in argv if a == "--debug"]
-            argv = globals_ + ["run"] + [a for a in argv if a != "--debug"]
+    argv = _default_command(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
     try:
+        from benchmark.plugins import load_plugins
+
         load_plugins(args.plugin)
         if args.command == "ls":
             return cmd_ls(args)

@@ -19,6 +19,7 @@ from benchmark.checkpoint import RunLock, save_model
 from benchmark.config import ExperimentConfig, component_config, to_dict, train_config
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, expand_methods
+from benchmark.plugins import LOADED as PLUGINS, fingerprint as plugin_fingerprint
 from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
 from benchmark.results import (append_rows, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
@@ -40,6 +41,9 @@ def config_hash(cfg: ExperimentConfig) -> str:
     for key in ("out", "device", "threads", "protocol", "note"):
         data.pop(key)
     data["train"].pop("checkpoint_every")  # where training may resume from, not what it computes
+    plugins = plugin_fingerprint()
+    if plugins:  # the plugins' code (added only when there are plugins: other runs keep their ids)
+        data["plugins"] = plugins
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -243,9 +247,10 @@ class Benchmark:
         return rows
 
     # -- the whole run ------------------------------------------------------------------------
-    def _write_run_json(self, status: str, start: float) -> None:
+    def _write_run_json(self, status: str, start: float, error: str | None = None) -> None:
         record = {
-            "run_id": self.run_id, "status": status, "config": to_dict(self.cfg), "seeds": self.seeds,
+            "run_id": self.run_id, "status": status, **({"error": error} if error else {}),
+            "config": to_dict(self.cfg), "plugins": dict(PLUGINS), "seeds": self.seeds,
             "setting": dataclasses.asdict(self.setting),
             "dataset": {"name": self.cfg.dataset, "fingerprint": getattr(self, "dataset", None)
                         and self.dataset.fingerprint(), "image_shape": getattr(self, "dataset", None)
@@ -325,17 +330,17 @@ class Benchmark:
         except KeyboardInterrupt:
             self._write_run_json_quietly("interrupted", start)
             raise
-        except BaseException:
-            self._write_run_json_quietly("failed", start)
+        except BaseException as err:
+            self._write_run_json_quietly("failed", start, f"{type(err).__name__}: {err}")
             raise
         table = write_summary(self.run_dir)
         write_comparison([self.run_dir], self.run_dir)
         self._write_run_json("finished", start)
         return table
 
-    def _write_run_json_quietly(self, status: str, start: float) -> None:
-        """Record the status on the way out, without hiding the original error (e.g. a full disk)."""
+    def _write_run_json_quietly(self, status: str, start: float, error: str | None = None) -> None:
+        """Record the status (and the error) on the way out, without hiding the original error (e.g. a full disk)."""
         try:
-            self._write_run_json(status, start)
+            self._write_run_json(status, start, error)
         except BenchmarkError as err:
             log.warning("could not update run.json: %s", err)

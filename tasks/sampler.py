@@ -116,15 +116,33 @@ class EpisodeManifest:
         if dataset is not None and manifest.dataset_fingerprint != dataset.fingerprint():
             raise BenchmarkError(f"episode manifest {path} was made for other contents of dataset "
                                  f"{manifest.dataset!r}; delete it or use a different --out")
+        if dataset is not None:
+            allowed = set(dataset.split_classes(manifest.split).tolist())
+            outside = sorted({c for e in manifest.episodes for c in e.class_ids} - allowed)
+            if outside:
+                raise BenchmarkError(f"episode manifest {path} uses {len(outside)} class(es) outside the "
+                                     f"{manifest.split!r} split of {manifest.dataset!r} (e.g. "
+                                     f"{[dataset.class_names[c] for c in outside[:3]]}); delete it to regenerate")
         return manifest
 
     @classmethod
     def get(cls, directory: str | Path, dataset: FewShotDataset, split: str, n_way: int, n_shot: int,
             n_query: int, n_episodes: int, seed: int) -> tuple["EpisodeManifest", Path]:
-        """Load the manifest for these settings from ``directory``, or generate and save it."""
-        name = f"{dataset.name}-{split}-{n_way}w{n_shot}s{n_query}q-{n_episodes}ep-seed{seed}.json"
-        path = Path(directory) / name
+        """Load the manifest for these settings from ``directory``, or generate and save it.
+
+        The file name holds the dataset's fingerprint, so two datasets of one name (other contents or
+        options) never share a manifest in one ``--out``; a manifest saved under the older name without
+        it is still used when it was made for this dataset's contents.
+        """
+        settings = f"{split}-{n_way}w{n_shot}s{n_query}q-{n_episodes}ep-seed{seed}.json"
+        path = Path(directory) / f"{dataset.name}-{dataset.fingerprint()[:12]}-{settings}"
         if path.exists():
             return cls.load(path, dataset), path
+        legacy = Path(directory) / f"{dataset.name}-{settings}"
+        if legacy.exists():
+            try:
+                return cls.load(legacy, dataset), legacy
+            except BenchmarkError:
+                pass  # another dataset's (or a damaged) manifest under the old name: this one gets its own
         manifest = cls.generate(dataset, split, n_way, n_shot, n_query, n_episodes, seed)
         return manifest, manifest.save(path)
