@@ -203,6 +203,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     registry = {"learners": LEARNERS, "fusions": FUSIONS, "backbones": BACKBONES,
                 "text_encoders": TEXT_ENCODERS, "datasets": DATASETS}[args.kind]
+    if args.kind == "datasets" and args.pattern in DATASETS.names():  # one dataset: its options and layout
+        from tasks.datasets import describe_dataset
+
+        print(describe_dataset(args.pattern))
+        return 0
     for name in registry.names(args.pattern):
         doc = (registry.get(name).__doc__ or "").strip().splitlines()
         print(f"{name:18s} {doc[0] if doc else ''}")

@@ -94,17 +94,20 @@ class Benchmark:
         self.samplers = {}  # training samplers per learner, built now so impossible episodes fail early
         for learner in dict.fromkeys(m.learner for m in self.methods):
             train = train_config(cfg, learner)
-            self.samplers[learner] = EpisodeSampler(self.dataset, "train", train.way, train.shot, train.query)
+            keys = tuple(f"train{'_overrides.' + learner if cfg.train_overrides.get(learner) else ''}.{k}"
+                         for k in ("way", "shot", "query"))  # named in the error of an impossible episode
+            self.samplers[learner] = EpisodeSampler(self.dataset, "train", train.way, train.shot, train.query, keys)
         validates = any(train_config(cfg, m.learner).val_every for m in self.methods)
         self.val_manifest = EpisodeManifest.get(
             self.manifest_dir, self.dataset, "val", cfg.train.val_way, cfg.train.val_shot, cfg.train.val_query,
-            cfg.train.val_episodes, self.seeds["manifest"])[0] if validates else None
+            cfg.train.val_episodes, self.seeds["manifest"], ("train.val_way", "train.val_shot", "train.val_query"),
+        )[0] if validates else None
         self.test_manifests = {}
         for way in cfg.eval.ways:
             for shot in cfg.eval.shots:
                 self.test_manifests[(way, shot)] = EpisodeManifest.get(
                     self.manifest_dir, self.dataset, "test", way, shot, cfg.eval.query, cfg.eval.episodes,
-                    self.seeds["manifest"])
+                    self.seeds["manifest"], ("--ways", "--shots", "--queries"))
         self._text: dict[str, tuple] = {}
 
     def _fit_to_dataset_modalities(self) -> None:
@@ -254,7 +257,8 @@ class Benchmark:
             "setting": dataclasses.asdict(self.setting),
             "dataset": {"name": self.cfg.dataset, "fingerprint": getattr(self, "dataset", None)
                         and self.dataset.fingerprint(), "image_shape": getattr(self, "dataset", None)
-                        and list(self.dataset.image_shape)},
+                        and list(self.dataset.image_shape),
+                        "info": getattr(self, "dataset", None) and self.dataset.info},  # e.g. columns, class text
             "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)}
                           for (w, s), (m, p) in getattr(self, "test_manifests", {}).items()},
             "val_manifest_sha256": getattr(self, "val_manifest", None) and self.val_manifest.sha256,
