@@ -127,7 +127,9 @@ def make_loader(learner: Learner, dataset: FewShotDataset, device: torch.device)
         raise BenchmarkError(f"the images of {dataset.name!r} are {tuple(dataset.image_shape)}, the checkpoint "
                              f"{info.path} takes {tuple(pre['image_shape'])}: load the dataset with the same "
                              "image_size option")
-    setting = TaskSetting(tuple(meta["setting"]["support"]), tuple(meta["setting"]["query"]))
+    used = set(meta["modalities"])  # what the learner reads: an image learner needs no item text
+    setting = TaskSetting(*(tuple(m for m in meta["setting"][side] if m in used) or tuple(meta["setting"][side])
+                            for side in ("support", "query")))
     encoder = info.text_encoder
     item_text = encoder.prepare(dataset.captions) if encoder is not None and dataset.captions is not None else None
     class_text = encoder.prepare(dataset.class_texts) if encoder is not None and dataset.class_texts else None

@@ -95,3 +95,25 @@ def test_dataset_index_items_are_checked(tiny_dataset, tmp_path):
             episodes_from_file(read_episodes(_episode_file(tmp_path, text)), meta, tiny_dataset)
     with pytest.raises(BenchmarkError, match="--dataset NAME --data-root DIR"):
         episodes_from_file(read_episodes(_episode_file(tmp_path, good)), meta, None)
+
+
+def test_run_checkpoints_reproduce_the_runs_rows_for_text_and_maml(tmp_path):
+    """A run's model files rebuild their learners (text encoder vocabulary included): evaluating them on
+    the sampled test episodes gives the run's per-episode accuracies exactly."""
+    from benchmark import evaluate, load_learner, run
+    from benchmark.results import read_rows
+
+    run(dataset="shapes", dataset_options={"n_classes": 40, "items_per_class": 20},
+        methods=["protonet:image+text:attention", "maml:image"], backbone_options={"hidden": 8},
+        train={"episodes": 2, "way": 5, "val_every": 0}, train_overrides={"maml": {"episodes": 2, "meta_batch": 2}},
+        eval={"ways": [5], "shots": [1], "episodes": 6, "query": 3}, out=str(tmp_path), threads=1)
+    (run_dir,) = [d for d in tmp_path.iterdir() if d.name != "manifests"]
+    rows = read_rows(run_dir / "rows.jsonl")
+    for slug in ("protonet-image+text-attention", "maml-image-none"):
+        learner = load_learner(run_dir / "checkpoints" / f"{slug}.pt")
+        assert learner.benchmark_info.meta["dataset"]["fingerprint"] and not learner.benchmark_info.bare
+        predictions = evaluate(learner)
+        mine = predictions.groupby("episode", sort=False)["correct"].mean().to_numpy()
+        theirs = rows[(rows["learner"] + "-" + rows["modalities"] + "-" + rows["fusion"] == slug)
+                      & (rows["metric"] == "accuracy")].sort_values("episode")["value"].to_numpy()
+        assert len(mine) == 6 and (mine == theirs).all(), slug
