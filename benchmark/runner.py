@@ -19,7 +19,8 @@ from benchmark.checkpoint import RunLock, save_model
 from benchmark.config import ExperimentConfig, component_config, to_dict, train_config
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, expand_methods
-from benchmark.plugins import LOADED as PLUGINS, fingerprint as plugin_fingerprint
+from benchmark.plugins import LOADED as PLUGINS
+from benchmark.runid import code_identity
 from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
 from benchmark.results import (append_rows, atomic_write_text, jsonable, read_rows,
                                write_comparison, write_summary)
@@ -41,9 +42,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     for key in ("out", "device", "threads", "protocol", "note"):
         data.pop(key)
     data["train"].pop("checkpoint_every")  # where training may resume from, not what it computes
-    plugins = plugin_fingerprint()
-    if plugins:  # the plugins' code (added only when there are plugins: other runs keep their ids)
-        data["plugins"] = plugins
+    # plugin sources and changed learner defaults, only when present: other runs keep their ids
+    data.update(code_identity(list(cfg.learners) + [m.split(":")[0] for m in cfg.methods]))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 

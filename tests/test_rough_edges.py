@@ -25,6 +25,30 @@ def test_plain_config_keeps_its_run_id():
     assert config_hash(cfg) == "5dbddf6a97"
 
 
+def test_default_suite_keeps_its_run_id():
+    from benchmark.config import default_experiment
+
+    assert config_hash(default_experiment()) == "5b865227e7"
+
+
+def test_run_id_covers_learner_option_defaults(monkeypatch):
+    """A changed default (here protonet's temperature) makes a new id; other learners' defaults do not."""
+    from learners import LEARNERS
+    from learners.protonet import ProtoNet
+
+    cfg = merge(ExperimentConfig(), {"learners": ["protonet"]}, "test")
+    other = merge(ExperimentConfig(), {"learners": ["matchingnet"]}, "test")
+    before, other_before = config_hash(cfg), config_hash(other)
+
+    @dataclasses.dataclass
+    class Config(ProtoNet.Config):
+        temperature: float = 20.0
+
+    monkeypatch.setitem(LEARNERS._entries, "protonet", type("ProtoNet20", (ProtoNet,), {"Config": Config}))
+    assert config_hash(cfg) != before
+    assert config_hash(other) == other_before
+
+
 def test_run_id_covers_the_plugins_source(tmp_path, monkeypatch):
     cfg = ExperimentConfig()
     plain = config_hash(cfg)
