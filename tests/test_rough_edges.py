@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import cli, plugins
-from benchmark.cli import _default_command, build_parser, config_from_args, main
+from benchmark import plugins
+from benchmark.cli import build_parser, config_from_args, main
 from benchmark.config import ExperimentConfig, load_yaml, merge
 from benchmark.runner import Benchmark, config_hash
 from tasks.errors import BenchmarkError
@@ -73,9 +73,8 @@ def test_plugin_errors_name_the_file_and_line(tmp_path, capsys):
 
 
 def test_plugin_and_debug_work_without_an_explicit_run(tmp_path, capsys):
-    assert _default_command(["--learners", "protonet", "--plugin", "p.py", "--debug"]) == [
-        "--plugin", "p.py", "--debug", "run", "--learners", "protonet"]
-    assert _default_command(["ls", "learners", "--plugin", "p.py"]) == ["--plugin", "p.py", "ls", "learners"]
+    args = build_parser().parse_args(["--learners", "protonet", "--plugin", "p.py", "--debug"])
+    assert args.plugin == ["p.py"] and args.debug and args.learners == ["protonet"]
     assert main(["--test-episodes", "2", "--plugin", str(tmp_path / "absent.py")]) == 2  # not an argparse exit
     assert "absent.py: file not found" in capsys.readouterr().err
 
@@ -94,7 +93,12 @@ def test_short_training_note_only_for_the_default_suite():
 
 
 def test_help_examples_name_files_that_exist():
-    for path in re.findall(r"(benchmark/configs/\S+\.yaml)", cli.RUN_EXAMPLES + cli.REPRODUCE_EXAMPLES):
+    from benchmark.cli import COMMANDS
+
+    text = build_parser().format_help() + "".join(c.epilog or "" for c in COMMANDS)
+    paths = re.findall(r"((?:benchmark|results)/\S+\.(?:yaml|pt))", text)
+    assert "benchmark/configs/omniglot_protonet_5w1s.yaml" in paths
+    for path in paths:
         assert (REPO / path).exists(), path
 
 

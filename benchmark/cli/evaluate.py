@@ -1,10 +1,12 @@
-"""``evaluate`` and ``upgrade-checkpoint`` subcommands (the work is done by :mod:`benchmark.api`)."""
+"""``evaluate`` and ``upgrade-checkpoint``: a trained checkpoint on sampled or given episodes, and
+a self-describing copy of an older bare checkpoint (the work is done by :mod:`benchmark.api`)."""
 from __future__ import annotations
 
 import argparse
-import logging
+from pathlib import Path
 
-log = logging.getLogger("benchmark")
+from benchmark.cli.base import Subcommand
+from tasks.errors import BenchmarkError
 
 EXAMPLES = """\
 examples:
@@ -18,31 +20,45 @@ Episode files (JSON or CSV) are described in docs/python-api.md.
 """
 
 
-def add_arguments(sub) -> None:
-    """Add the ``evaluate`` and ``upgrade-checkpoint`` parsers to ``sub``."""
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on sampled test episodes or on an episode file",
-                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
-    ev.add_argument("--checkpoint", required=True, help="model file written by a run (or an older state dict)")
-    ev.add_argument("--episodes", help="JSON or CSV episode file: run exactly these episodes")
-    ev.add_argument("--dataset", help="dataset to sample episodes from (default: the checkpoint's)")
-    ev.add_argument("--data-root", help="folder holding the dataset")
-    ev.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="dataset option (value parsed as YAML), e.g. split=vinyals")
-    ev.add_argument("--ways", type=_ints, help="test ways (default: the checkpoint's config)")
-    ev.add_argument("--shots", type=_ints, help="test shots (default: the checkpoint's config)")
-    ev.add_argument("--queries", type=int, help="test queries per class")
-    ev.add_argument("--test-episodes", type=int, help="episodes per way/shot")
-    ev.add_argument("--seed", type=int, help="seed of the sampled episodes (default: the checkpoint's run)")
-    _bare_arguments(ev)
-    ev.add_argument("--out", required=True, help="output folder (an eval-<checkpoint>-<hash> subfolder)")
-    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads")
+class Evaluate(Subcommand):
+    name = "evaluate"
+    help = "evaluate a checkpoint on sampled test episodes or on an episode file (writes predictions.csv)"
+    epilog = EXAMPLES
 
-    up = sub.add_parser("upgrade-checkpoint", help="write a self-describing copy of an older bare checkpoint")
-    up.add_argument("checkpoint", help="the bare state dict")
-    _bare_arguments(up)
-    up.add_argument("--data-root", help="folder holding the config's dataset")
-    up.add_argument("--out", required=True, help="the new model file")
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add = parser.add_argument
+        add("--checkpoint", required=True, help="model file written by a run (or an older state dict)")
+        add("--episodes", help="JSON or CSV episode file: run exactly these episodes")
+        add("--dataset", help="dataset to sample episodes from (default: the checkpoint's)")
+        add("--data-root", help="folder holding the dataset")
+        add("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+            help="dataset option (value parsed as YAML), e.g. split=vinyals")
+        add("--ways", type=_ints, help="test ways (default: the checkpoint's config)")
+        add("--shots", type=_ints, help="test shots (default: the checkpoint's config)")
+        add("--queries", type=int, help="test queries per class")
+        add("--test-episodes", type=int, help="episodes per way/shot")
+        add("--seed", type=int, help="seed of the sampled episodes (default: the checkpoint's run)")
+        _bare_arguments(parser)
+        add("--out", required=True, help="output folder (an eval-<checkpoint>-<hash> subfolder)")
+        add("--device", default="cpu", help="cpu, cuda, cuda:N")
+        add("--threads", type=int, default=0, help="torch CPU threads")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return cmd_evaluate(args)
+
+
+class UpgradeCheckpoint(Subcommand):
+    name = "upgrade-checkpoint"
+    help = "write a self-describing copy of an older bare checkpoint"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("checkpoint", help="the bare state dict")
+        _bare_arguments(parser)
+        parser.add_argument("--data-root", help="folder holding the config's dataset")
+        parser.add_argument("--out", required=True, help="the new model file")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return cmd_upgrade(args)
 
 
 def _bare_arguments(parser) -> None:
@@ -65,7 +81,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from benchmark.api import evaluate
     from benchmark.results import format_table, read_rows, summarize
     from benchmark.savedmodel import load_learner
-    from tasks.errors import BenchmarkError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,8 +94,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictions = evaluate(learner, args.episodes, args.dataset, args.data_root, options or None, args.ways,
                            args.shots, args.queries, args.test_episodes, args.seed, args.out, args.device)
     run_dir = predictions.attrs["run_dir"]
-    from pathlib import Path
-
     print(format_table(summarize(read_rows(Path(run_dir) / "rows.jsonl"))))
     flagged = predictions.drop_duplicates("episode")["in_training_classes"].sum()
     if flagged:
@@ -91,7 +104,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from benchmark.savedmodel import upgrade_checkpoint
-    from tasks.errors import BenchmarkError
 
     if not args.config:
         raise BenchmarkError("upgrade-checkpoint needs --config, the experiment the checkpoint was trained with")
