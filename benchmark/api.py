@@ -64,7 +64,7 @@ def _dataset(meta: dict, dataset: str | FewShotDataset | None, data_root: str | 
 def sample_episodes(meta: dict, dataset: FewShotDataset, way: int, shot: int, query: int, n_episodes: int,
                     seed: int, split: str = "test") -> Episodes:
     """The test manifest ``run`` uses for this seed and setting, as :class:`Episodes`."""
-    from benchmark.runner import seeds
+    from benchmark.rundir import seeds
     from tasks.sampler import EpisodeManifest
 
     manifest = EpisodeManifest.generate(dataset, split, way, shot, query, n_episodes, seeds(seed)["manifest"])
@@ -139,7 +139,7 @@ def write_evaluation(out: Path, learner: Learner, predictions: pd.DataFrame, row
     """Write the files of one evaluation into ``out/<id>/`` (id: checkpoint and episodes hashes)."""
     from benchmark.provenance import git_commit, package_versions
     from benchmark.results import atomic_write_text, write_summary
-    from benchmark.runner import prepare_output
+    from benchmark.rundir import prepare_output
 
     info = learner.benchmark_info
     weights = hashlib.sha256(Path(info.path).read_bytes()).hexdigest()
