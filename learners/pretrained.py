@@ -25,7 +25,8 @@ def backbone_state(path: str | Path, prefix: str = HARNESS_PREFIX) -> dict[str, 
     """The image backbone's tensors in checkpoint ``path``, keys relative to the backbone.
 
     Accepts a learner state dict (keys under ``prefix``), a plain backbone state dict
-    (``blocks.*``) or a training checkpoint holding either under ``"model"``.
+    (``blocks.*``), a harness model file (``"state_dict"``, see :func:`benchmark.checkpoint.save_model`)
+    or a training checkpoint (``"model"``) holding either.
 
     Raises:
         BenchmarkError: the file is missing or unreadable, or holds no image backbone.
@@ -38,8 +39,10 @@ def backbone_state(path: str | Path, prefix: str = HARNESS_PREFIX) -> dict[str, 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError) as err:
         raise BenchmarkError(f"cannot read backbone checkpoint {path}: {err}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    for key in ("state_dict", "model"):  # a harness model file, or a training checkpoint
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise BenchmarkError(f"backbone checkpoint {path} holds a {type(state).__name__}, not a state dict")
     found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -169,6 +169,11 @@ def test_frozen_conv4_loads_a_trained_backbone(world, tmp_path):
     features = backbone.precompute(world[0])
     assert features.shape == (len(world[0].labels), backbone.out_dim)
     assert torch.equal(backbone.precompute(world[0]), features)  # second call: from the cache
+    from benchmark.checkpoint import save_model
+
+    save_model(tmp_path / "model.pt", proto, {"learner": "protonet"})  # the harness's model-file format
+    assert torch.equal(FrozenConv4(world[0].image_shape, checkpoint=str(tmp_path / "model.pt"), hidden=8)(
+        ep.query["image"]), backbone(ep.query["image"]))
     torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pt")
     for checkpoint, match in ((tmp_path / "none.pt", "does not exist"), (tmp_path / "bad.pt", "no image backbone")):
         with pytest.raises(BenchmarkError, match=match):
