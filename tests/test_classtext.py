@@ -180,3 +180,19 @@ def test_frozen_conv4_loads_a_trained_backbone(world, tmp_path):
             FrozenConv4(world[0].image_shape, checkpoint=str(checkpoint), hidden=8)
     with pytest.raises(BenchmarkError, match="does not fit conv4_frozen"):
         FrozenConv4(world[0].image_shape, checkpoint=str(path), hidden=16)
+
+
+def test_am3_variant_options_leave_run_ids_unchanged(monkeypatch):
+    """The new options are off by default (same numbers), so existing AM3 runs keep their ids."""
+    from benchmark.runid import code_identity
+    from learners.am3 import AM3
+
+    assert "am3" not in code_identity(["am3"]).get("learner_defaults", {})
+    monkeypatch.setattr(AM3.Config, "__init__", _with_default(AM3.Config.__init__, text_dropout=0.1))
+    assert code_identity(["am3"])["learner_defaults"]["am3"] == {"text_dropout": 0.1}
+
+
+def _with_default(init, **changed):
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **{**changed, **kwargs})
+    return wrapped
