@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from learners import groupconv
+
 #: modules without parameters that act on each channel on its own
 PER_CHANNEL = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
 
@@ -87,8 +89,8 @@ def forward(module: nn.Module, params: Mapping[str, Tensor], h: Tensor, n_tasks:
         weight = p("weight").reshape(-1, *p("weight").shape[2:]).contiguous()
         bias = p("bias").reshape(-1) if module.bias is not None else None
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        return F.conv2d(h.contiguous(memory_format=layout), weight, bias, module.stride, module.padding, module.dilation,
-                        n_tasks * module.groups)
+        return groupconv.conv2d(h.contiguous(memory_format=layout), weight, bias, module.stride, module.padding,
+                                module.dilation, n_tasks * module.groups)
     if isinstance(module, nn.BatchNorm2d):
         weight = p("weight").reshape(-1) if module.affine else None
         bias = p("bias").reshape(-1) if module.affine else None
