@@ -5,8 +5,10 @@ over tasks, the tasks' activations are laid side by side along the channel axis,
 ``[B, T*C, H, W]`` (the "grouped layout"), and each layer runs once for all ``T`` tasks:
 
 * ``Conv2d``: one grouped convolution with ``groups = T * conv.groups`` and the tasks'
-  weights stacked to ``[T*O, I, kh, kw]``; a convolution that reads few inputs per output (a
-  first layer on 1 or 3 channels) runs instead as one batched matmul over its kernel taps;
+  weights stacked to ``[T*O, I, kh, kw]`` (:func:`learners.groupconv.conv2d`, whose second
+  derivatives stay grouped too, unlike PyTorch's, which loop over the groups); a convolution that
+  reads few inputs per output (a first layer on 1 or 3 channels) runs instead as one batched
+  matmul over its kernel taps;
 * ``BatchNorm2d`` without running statistics (MAML's transductive batch norm): one
   ``F.batch_norm`` over ``T*C`` channels, so each task gets its own batch statistics;
 * activations and pooling: applied as they are (they act on each channel alone).
