@@ -165,7 +165,7 @@ def test_checkpoint_from_another_architecture(tmp_path, capsys):
     wide = Benchmark(config_from_args(build_parser().parse_args(
         tiny_args(tmp_path.parent / f"{tmp_path.name}-wide", "--learners", "protonet", "--modalities", "image",
                   "--set", "backbone_options.hidden=16"))))
-    wide._load_data()
+    wide.prepare()
     model = wide.build_learner(wide.methods[0]).state_dict()
     path = bench.train_checkpoint(bench.methods[0])
     path.parent.mkdir(parents=True)
@@ -266,9 +266,9 @@ BAD_INPUTS = [
     ("split list names classes not on disk", ["--dataset", "omniglot", "--data-root", "{root}/omniglot"],
      "omniglot: the split list"),
     ("N-way above the classes of a split", ["--ways", "11"],
-     "n_way=11 is larger than the 10 classes of the 'test' split"),
+     "--ways=11 is larger than the 10 classes of the 'test' split"),
     ("K+Q above the items of a class", ["--shots", "10", "--queries", "11"],
-     "n_shot + n_query = 10 + 11 = 21 exceeds the items"),
+     "--shots + --queries = 10 + 11 = 21 exceeds the items"),
     ("missing modality (captions)", ["--dataset", "imagetext_folder", "--data-root", "{root}/good",
                                      "--modalities", "text"], "has no instance-level text, and every requested method needs it"),
     ("missing modality (class text)", ["--dataset", "imagetext_folder", "--data-root", "{root}/good",
