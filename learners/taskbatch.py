@@ -5,10 +5,8 @@ over tasks, the tasks' activations are laid side by side along the channel axis,
 ``[B, T*C, H, W]`` (the "grouped layout"), and each layer runs once for all ``T`` tasks:
 
 * ``Conv2d``: one grouped convolution with ``groups = T * conv.groups`` and the tasks'
-  weights stacked to ``[T*O, I, kh, kw]`` (:func:`learners.groupconv.conv2d`, whose second
-  derivatives stay grouped too, unlike PyTorch's, which loop over the groups); a convolution that
-  reads few inputs per output (a first layer on 1 or 3 channels) runs instead as one batched
-  matmul over its kernel taps;
+  weights stacked to ``[T*O, I, kh, kw]``; a convolution that reads few inputs per output (a
+  first layer on 1 or 3 channels) runs instead as one batched matmul over its kernel taps;
 * ``BatchNorm2d`` without running statistics (MAML's transductive batch norm): one
   ``F.batch_norm`` over ``T*C`` channels, so each task gets its own batch statistics;
 * activations and pooling: applied as they are (they act on each channel alone).
@@ -25,8 +23,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from learners import groupconv
 
 #: modules without parameters that act on each channel on its own
 PER_CHANNEL = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
@@ -91,8 +87,8 @@ def forward(module: nn.Module, params: Mapping[str, Tensor], h: Tensor, n_tasks:
         weight = p("weight").reshape(-1, *p("weight").shape[2:]).contiguous()
         bias = p("bias").reshape(-1) if module.bias is not None else None
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        return groupconv.conv2d(h.contiguous(memory_format=layout), weight, bias, module.stride, module.padding,
-                                module.dilation, n_tasks * module.groups)
+        return F.conv2d(h.contiguous(memory_format=layout), weight, bias, module.stride, module.padding, module.dilation,
+                        n_tasks * module.groups)
     if isinstance(module, nn.BatchNorm2d):
         weight = p("weight").reshape(-1) if module.affine else None
         bias = p("bias").reshape(-1) if module.affine else None

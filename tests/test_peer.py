@@ -1,47 +1,18 @@
 """MAML with Finn et al.'s learned head against the peer-style reference (learn2learn's algorithm,
-written in benchmark/perf/peer.py), and the grouped convolution whose derivatives stay grouped."""
+written in benchmark/perf/peer.py), and the perf cases built on it."""
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmark.cli import main
 from benchmark.perf.peer import FinnConv4, clone_module, peer_maml_backward
 from benchmark.perf.peer_cases import case_maml_omniglot, case_maml_peer
 from benchmark.perf.references import reference_maml_backward
 from benchmark.perf.workloads import build, episodes, random_dataset
-from learners import groupconv
 from tests.test_speed import as_double
-
-
-@pytest.mark.parametrize("stride,groups,bias", [(2, 3, True), (1, 2, False), (2, 1, True)])
-def test_grouped_conv_derivatives_of_three_orders_equal_pytorchs(stride, groups, bias):
-    torch.manual_seed(0)
-    x = torch.randn(2, groups * 3, 9, 9, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(groups * 4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(groups * 4, dtype=torch.float64, requires_grad=True) if bias else None
-    inputs = [t for t in (x, w, b) if t is not None]
-
-    def third_order(conv):  # a scalar of the second derivatives, differentiated once more
-        y = conv(x, w, b, (stride, stride), (1, 1), (1, 1), groups)
-        gx, gw = torch.autograd.grad((y.tanh() ** 2).sum(), (x, w), create_graph=True)
-        hx, hw = torch.autograd.grad((gx ** 2).sum() + (gw ** 3).sum(), (x, w), create_graph=True)
-        return torch.autograd.grad((hx * x).sum() + hw.sin().sum(), inputs)
-
-    ours, theirs = third_order(groupconv.conv2d), third_order(F.conv2d)
-    for a, r in zip(ours, theirs):  # rounding only: a wrong derivative is off by its own size
-        torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-10 * float(r.abs().max()))
-
-
-def test_grouped_conv_passes_gradgradcheck():
-    torch.manual_seed(0)
-    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda *t: groupconv.conv2d(*t, (2, 2), (1, 1), (1, 1), 2), (x, w, b))
 
 
 @pytest.mark.parametrize("first_order", [False, True])
