@@ -162,6 +162,7 @@ def test_zero_head_first_step_skips_only_exact_zeros(options):
     exactly zero); loss and meta-gradients equal the textbook loop, which computes everything."""
     options = dict(options)
     name, steps, first_order = options.pop("name", "maml"), options["train_steps"], options.get("first_order", False)
+    options["head"] = "zero"  # Kao et al.'s zero head (the default is Finn's learned head)
     learner = make(name, **options).train()
     inner = [n for n in learner.initial_params(3) if learner.is_inner(n)]
     assert learner.stepped_names(learner.initial_params(3), 0) == [n for n in inner if n in HEAD]
@@ -199,7 +200,7 @@ def test_zero_head_first_step_skip_holds_for_fused_image_and_text(fusion):
         torch.manual_seed(0)
         spec = ModelSpec(("image", "text"), setting, data.image_shape, backbone_options={"hidden": 4, "strided": True},
                          text_encoder=text, fusion=fusion)
-        learners.append(LEARNERS.get("maml")(spec, LEARNERS.get("maml").Config(train_steps=2)).double().train())
+        learners.append(LEARNERS.get("maml")(spec, LEARNERS.get("maml").Config(train_steps=2, head="zero")).double().train())
     learner, textbook = learners
     learner.loss(batch).backward()
     reference_maml_backward(textbook, batch, 2, textbook.config.train_step_size, first_order=False)
