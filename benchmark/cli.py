@@ -33,8 +33,8 @@ An interrupted run continues where it stopped when the same command is run again
 REPRODUCE_EXAMPLES = """\
 examples:
   python run_benchmark.py reproduce --list
-  python run_benchmark.py reproduce omniglot_protonet_5w1s --data-root ../shared/data --threads 1
-  python run_benchmark.py reproduce omniglot_protonet_5w1s_short --data-root ../shared/data --eval-only
+  python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --threads 2
+  python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --eval-only
 """
 
 KINDS = ("learners", "fusions", "backbones", "text_encoders", "datasets")
@@ -102,10 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--list", action="store_true", help="list the protocols with published and committed numbers")
     rep.add_argument("--data-root", help="folder holding the dataset in its official layout")
     rep.add_argument("--eval-only", action="store_true",
-                     help="evaluate the committed checkpoint results/checkpoints/NAME.pt instead of training")
+                     help="evaluate the committed checkpoint results/checkpoints/NAME.pt instead of training; "
+                          "writes results/checks/NAME.json, never changes a row")
     rep.add_argument("--test-episodes", type=int,
                      help="with --eval-only: only the first N episodes of the fixed manifest (a quick check)")
-    rep.add_argument("--out", default="runs/reproduce", help="run folder (default: runs/reproduce)")
+    rep.add_argument("--out", help="run folder (default: results/training for training, where committed in-progress "
+                                   "checkpoints let a run resume; runs/reproduce for --eval-only)")
     rep.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     rep.add_argument("--threads", type=int, default=0, help="torch CPU threads")
 
@@ -245,28 +247,29 @@ def set_deterministic() -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from benchmark import reproduce
+    from benchmark import reproduce, reproduce_eval, reproduce_train
 
+    results = reproduce.RESULTS_DIR
     if args.list or not args.name:
-        print(reproduce.list_protocols())
+        print(reproduce.list_protocols(results_dir=results))
         return 0
-    protocol = reproduce.load_protocol(args.name)
+    protocol = reproduce.load_protocol(args.name, results_dir=results)
     if args.test_episodes is not None and not args.eval_only:
         raise BenchmarkError("--test-episodes only applies with --eval-only (training uses the protocol's manifest)")
     if args.eval_only:
-        outcome = reproduce.evaluate_checkpoint(protocol, args.data_root, args.out, args.threads, args.device,
-                                                args.test_episodes)
-        match = reproduce.matches_committed(outcome)
-        print(outcome.describe())
-        print("committed episodes reproduced exactly: "
-              + {True: "yes", False: "NO", None: "(nothing committed)"}[match])
-        if outcome.full_manifest:
-            reproduce.record_outcome(outcome, data_root=args.data_root)
-        return 0 if match is not False else 1
-    outcome = reproduce.train_protocol(protocol, args.data_root, args.out, args.threads, args.device)
-    print(outcome.describe())
-    print(f"recorded in {reproduce.RESULTS_DIR / 'reproduced.csv'} and README.md; "
-          f"checkpoint results/checkpoints/{protocol.name}.pt")
+        outcomes = reproduce_eval.evaluate_checkpoint(protocol, args.data_root, args.out or "runs/reproduce",
+                                                      args.threads, args.device, args.test_episodes, results)
+        print("\n\n".join(o.describe() for o in outcomes))
+        command = (f"python run_benchmark.py reproduce {protocol.name} --data-root {args.data_root or 'DIR'} --eval-only"
+                   + (f" --test-episodes {args.test_episodes}" if args.test_episodes is not None else "")
+                   + (f" --threads {args.threads}" if args.threads else ""))
+        path, equal = reproduce_eval.write_check(protocol, outcomes, command, args.device, results)
+        print(f"check written to {path} (the rows of reproduced.csv are unchanged); committed episodes "
+              f"reproduced exactly: {'yes' if equal else 'NO'}")
+        return 0 if equal else 1
+    outcomes = reproduce_train.train_protocol(protocol, args.data_root, args.out, args.threads, args.device, results)
+    print("\n\n".join(o.describe() for o in outcomes))
+    print(f"recorded in {results / 'reproduced.csv'} and README.md; checkpoint {reproduce.checkpoint_path(protocol, results)}")
     return 0
 
 
