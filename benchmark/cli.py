@@ -102,12 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--list", action="store_true", help="list the protocols with published and committed numbers")
     rep.add_argument("--data-root", help="folder holding the dataset in its official layout")
     rep.add_argument("--eval-only", action="store_true",
-                     help="evaluate the committed checkpoint results/checkpoints/NAME.pt instead of training; "
-                          "writes results/checks/NAME.json, never changes a row")
+                     help="re-evaluate results/checkpoints/NAME.pt into results/checks/NAME.json (rows unchanged)")
     rep.add_argument("--test-episodes", type=int,
                      help="with --eval-only: only the first N episodes of the fixed manifest (a quick check)")
-    rep.add_argument("--out", help="run folder (default: results/training for training, where committed in-progress "
-                                   "checkpoints let a run resume; runs/reproduce for --eval-only)")
+    rep.add_argument("--out", help="run folder (default: results/training; runs/reproduce with --eval-only)")
     rep.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     rep.add_argument("--threads", type=int, default=0, help="torch CPU threads")
 
@@ -260,9 +258,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         outcomes = reproduce_eval.evaluate_checkpoint(protocol, args.data_root, args.out or "runs/reproduce",
                                                       args.threads, args.device, args.test_episodes, results)
         print("\n\n".join(o.describe() for o in outcomes))
-        command = (f"python run_benchmark.py reproduce {protocol.name} --data-root {args.data_root or 'DIR'} --eval-only"
-                   + (f" --test-episodes {args.test_episodes}" if args.test_episodes is not None else "")
-                   + (f" --threads {args.threads}" if args.threads else ""))
+        command = reproduce_eval.eval_command(protocol, args.data_root, args.test_episodes, args.threads)
         path, equal = reproduce_eval.write_check(protocol, outcomes, command, args.device, results)
         print(f"check written to {path} (the rows of reproduced.csv are unchanged); committed episodes "
               f"reproduced exactly: {'yes' if equal else 'NO'}")

@@ -87,3 +87,10 @@ def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, devic
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path, all_equal
+
+
+def eval_command(protocol: Protocol, data_root: str | None, test_episodes: int | None, threads: int) -> str:
+    """The ``--eval-only`` command line recorded in a check."""
+    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {data_root or 'DIR'} --eval-only"
+            + (f" --test-episodes {test_episodes}" if test_episodes is not None else "")
+            + (f" --threads {threads}" if threads else ""))
