@@ -265,7 +265,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0 if equal else 1
     outcomes = reproduce_train.train_protocol(protocol, args.data_root, args.out, args.threads, args.device, results)
     print("\n\n".join(o.describe() for o in outcomes))
-    print(f"recorded in {results / 'reproduced.csv'} and README.md; checkpoint {reproduce.checkpoint_path(protocol, results)}")
+    print(f"recorded in {results / 'reproduced.csv'} and README.md; "
+          f"checkpoint {reproduce.checkpoint_path(protocol, results)}")
     return 0
 
 

@@ -99,7 +99,7 @@ def migrate(table: pd.DataFrame) -> pd.DataFrame:
     protocols = {n: load_protocol(n) for n in table["name"] if n in known}
     deviations = {n: protocols[n].deviations if n in protocols else () for n in table["name"]}
     table["protocol"] = table["name"]
-    table["label"] = [protocols[n].label if n in protocols else label for n, label in zip(table["name"], table["label"])]
+    table["label"] = [protocols[n].label if n in protocols else old for n, old in zip(table["name"], table["label"])]
     table["protocol_deviations"] = ["; ".join(deviations[n]) for n in table["name"]]
     table["comparable"] = [not deviations[n] for n in table["name"]]
     table["within_half_point"] = [bool(abs(d) <= GOAL_POINTS) for d in table["difference"]]

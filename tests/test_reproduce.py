@@ -108,7 +108,8 @@ def test_migration_drops_dirty_rows_and_takes_deviations_from_the_config(tmp_pat
     old = ("name,benchmark,reference,label,comparable,learner,n_way,n_shot,n_query,published_mean,published_ci95,mean,"
            "ci95,difference,published_in_ci,test_episodes,training,hardware,train_wall_time_s,eval_wall_time_s,"
            "manifest_sha256,dataset_fingerprint,checkpoint_sha256,git_commit,date,command\n"
-           f"{ROW},omniglot,r,old label,True,protonet,5,1,15,98.8,,98.3,0.2,-0.5,False,1000,t,h,1.0,,m,d,c,abc,2026-11-27,x\n"
+           f"{ROW},omniglot,r,old label,True,protonet,5,1,15,98.8,,98.3,0.2,-0.5,False,1000,t,h,1.0,,m,d,c,abc,"
+           "2026-11-27,x\n"
            f"{FIXTURE},omniglot,r,old,True,protonet,5,1,15,98.8,,95.6,0.3,-3.2,False,1000,t,h,1.0,,m,d,c,abc-dirty,"
            "2026-11-27,x\n")
     (tmp_path / "reproduced.csv").write_text(old)
