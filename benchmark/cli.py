@@ -255,18 +255,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.test_episodes is not None and not args.eval_only:
         raise BenchmarkError("--test-episodes only applies with --eval-only (training uses the protocol's manifest)")
     if args.eval_only:
+        commit = reproduce_eval.tree_commit()  # the code that evaluates, not what the tree holds afterwards
         outcomes = reproduce_eval.evaluate_checkpoint(protocol, args.data_root, args.out or "runs/reproduce",
                                                       args.threads, args.device, args.test_episodes, results)
         print("\n\n".join(o.describe() for o in outcomes))
         command = reproduce_eval.eval_command(protocol, args.data_root, args.test_episodes, args.threads)
-        path, equal = reproduce_eval.write_check(protocol, outcomes, command, args.device, results)
+        path, equal = reproduce_eval.write_check(protocol, outcomes, command, args.device, results, commit)
         print(f"check written to {path} (the rows of reproduced.csv are unchanged); committed episodes "
               f"reproduced exactly: {'yes' if equal else 'NO'}")
         return 0 if equal else 1
     outcomes = reproduce_train.train_protocol(protocol, args.data_root, args.out, args.threads, args.device, results)
     print("\n\n".join(o.describe() for o in outcomes))
-    print(f"recorded in {results / 'reproduced.csv'} and README.md; "
-          f"checkpoint {reproduce.checkpoint_path(protocol, results)}")
+    print(f"recorded in {results / 'reproduced.csv'} and README.md; {reproduce.checkpoint_path(protocol, results)}")
     return 0
 
 

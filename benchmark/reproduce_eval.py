@@ -64,10 +64,19 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
     return outcomes
 
 
+def tree_commit() -> str:
+    """The checked-out commit, with ``-dirty`` when the tree has changes outside reproduce's outputs."""
+    return head_commit() + ("-dirty" if dirty_paths() else "")
+
+
 def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, device: str = "cpu",
-                results_dir: Path = RESULTS_DIR) -> tuple[Path, bool]:
+                results_dir: Path = RESULTS_DIR, commit: str | None = None) -> tuple[Path, bool]:
     """Write ``results/checks/<name>.json``: an eval-only re-evaluation and whether it equals the
-    committed per-episode numbers exactly. Returns the path and that verdict (all rows)."""
+    committed per-episode numbers exactly. Returns the path and that verdict (all rows).
+
+    Args:
+        commit: of the code that evaluated (:func:`tree_commit` taken before evaluating; default: now).
+    """
     committed = committed_episodes(protocol, results_dir)
     rows, all_equal = {}, True
     for o in outcomes:
@@ -79,7 +88,7 @@ def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, devic
         rows[o.name] = {"mean": c["mean"], "ci95": c["ci95"], "episodes": len(o.accuracies),
                         "full_manifest": o.full_manifest, "manifest_sha256": o.manifest_sha256,
                         "equals_committed_episodes": equal}
-    commit = head_commit() + ("-dirty" if dirty_paths() else "")
+    commit = commit or tree_commit()
     record = {"protocol": protocol.name, "rows": rows, "equals_committed_episodes": all_equal,
               "git_commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "hardware": hardware(device), "command": command}
