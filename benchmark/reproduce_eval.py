@@ -42,7 +42,7 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
     if threads:
         torch.set_num_threads(threads)
     bench = Benchmark(_with_runtime(protocol, data_root, out, threads, device))
-    bench._load_data()
+    bench.prepare()
     if len(bench.methods) != 1:
         raise BenchmarkError(f"protocol {protocol.name} expands to {len(bench.methods)} methods; it must name one")
     learner = bench.build_learner(bench.methods[0])
@@ -58,7 +58,7 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
                 "under --data-root or the protocol changed")
         full = test_episodes is None or test_episodes >= len(manifest.episodes)
         shown = manifest if full else dataclasses.replace(manifest, episodes=manifest.episodes[:test_episodes])
-        metrics = evaluate(learner, bench._loader(bench.setting, learner), shown, bench.device,
+        metrics = evaluate(learner, bench.episode_loader(learner), shown, bench.device,
                            progress=f"eval {protocol.row_name(way, shot)}")
         outcomes.append(Outcome(protocol, way, shot, metrics["accuracy"], manifest.sha256, full))
     return outcomes

@@ -82,6 +82,7 @@ def train_protocol(protocol: Protocol, data_root: str | None, out: str | None = 
 def _open_session(bench, method, device: str, dirty: list[str], path: Path) -> list[dict]:
     """Append this session to ``reproduce.json`` (written before training starts) and return all."""
     from benchmark.checkpoint import load_checkpoint
+    from benchmark.runner import finished_methods
 
     sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
     previous = bench.run_dir / "run.json"
@@ -90,8 +91,7 @@ def _open_session(bench, method, device: str, dirty: list[str], path: Path) -> l
         sessions.append({"git_commit": run.get("git_commit", "unknown"), "date": "", "hardware": "",
                          "resumed_from_step": None, "trained": True, "source": "run.json",
                          "wall_time_s": run.get("methods", {}).get(method.slug, {}).get("wall_time_s")})
-    done = read_rows(bench.run_dir / "rows.jsonl")
-    finished = not done.empty and method.slug in {f"{r.learner}-{r.modalities}-{r.fusion}" for r in done.itertuples()}
+    finished = method.slug in finished_methods(bench.run_dir / "rows.jsonl")
     resumed = None
     if not finished and bench.train_checkpoint(method).exists():
         resumed = int(load_checkpoint(bench.train_checkpoint(method))["step"])

@@ -13,7 +13,7 @@ import pytest
 from benchmark import reproduce, reproduce_eval, reproduced
 from benchmark.cli import main
 from benchmark.config import merge
-from benchmark.runner import config_hash
+from benchmark.rundir import config_hash
 from benchmark.stats import mean_ci95
 
 REPO = Path(__file__).resolve().parents[1]
