@@ -260,9 +260,9 @@ def test_task_batching_falls_back_to_the_loop_where_it_cannot_run():
     assert not make(batch_norm="running").train().can_batch_tasks(batch)  # shared running statistics
     assert not make(checkpoint=True).train().can_batch_tasks(batch)
     assert not make().train().can_batch_tasks(batch[:1])
-    uneven = tasks(2) + tasks(1, way=4)
-    assert not make().train().can_batch_tasks(uneven)
-    learner = make().train()
+    uneven = tasks(2) + tasks(1, way=4)  # tasks of different ways need the zero head (any number of ways)
+    assert not make(head="zero").train().can_batch_tasks(uneven)
+    learner = make(head="zero").train()
     loss = learner.loss(uneven)  # falls back and still runs
     assert torch.isfinite(loss)
 
@@ -356,7 +356,8 @@ def test_compile_backbone_keeps_the_state_dict_and_skips_maml():
 
 def test_train_compile_runs_and_is_recorded(tmp_path, capsys):
     args = TINY + ["--set", "methods=[protonet:image, maml:image]", "--set", "train.compile=eager",
-                   "--set", "train_overrides.maml.way=3", "--shots", "1", "--out", str(tmp_path)]
+                   "--set", "train_overrides.maml.way=3", "--set", "learner_options.maml.head=zero",  # any way
+                   "--shots", "1", "--out", str(tmp_path)]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())
