@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.checkpoint import read_model
 from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, committed_episodes, hardware
 from benchmark.reproduced import RESULTS_DIR, dirty_paths, head_commit
 from benchmark.results import atomic_write_text
@@ -46,7 +47,7 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
     if len(bench.methods) != 1:
         raise BenchmarkError(f"protocol {protocol.name} expands to {len(bench.methods)} methods; it must name one")
     learner = bench.build_learner(bench.methods[0])
-    learner.load_state_dict(torch.load(checkpoint, map_location=bench.device, weights_only=True))
+    learner.load_state_dict(read_model(checkpoint)[0])  # a bare state dict or a self-describing model file
     committed, outcomes = committed_episodes(protocol, results_dir), []
     for way, shot in protocol.evals:
         manifest = bench.test_manifests[(way, shot)][0]
