@@ -48,12 +48,14 @@ class MAML(Learner):
         test_steps, test_step_size: inner loop at test (adaptation).
         first_order: drop second-order terms (FOMAML).
         batch_norm: ``"transductive"`` or ``"running"``.
-        head: ``"zero"``: the head starts at zero in every task (works for any number of ways and
-            is label-permutation equivariant; Kao et al. 2022). The first inner step then moves only
-            the head, because every encoder gradient is exactly zero there (:meth:`stepped_names`);
-            this skips that step's encoder backward pass and, for second order, its double backward.
-            ``"learned"``: a meta-learned ``nn.Linear(D, n_way)`` with PyTorch's default
-            initialisation, as in the paper.
+        head: ``"learned"`` (default, Finn et al.'s MAML): a meta-learned ``nn.Linear(D, n_way)``
+            with PyTorch's default initialisation; episodes must have ``n_way`` classes.
+            ``"zero"``: Kao et al. (2022)'s zeroing trick, a variant: the head starts at zero in every
+            task (any number of ways, label-permutation equivariant). The first inner step then moves
+            only the head, because every encoder gradient is exactly zero there
+            (:meth:`stepped_names`); this skips that step's encoder backward pass and, for second
+            order, its double backward. With one inner training step the encoder is then never
+            adapted during meta-training, which is not Finn et al.'s algorithm.
         n_way: outputs of the learned head (``head="learned"`` only; episodes must match).
         checkpoint: recompute each inner step in the backward pass (gradient checkpointing) to
             save memory with many inner steps (tasks then run one by one).
@@ -78,7 +80,7 @@ class MAML(Learner):
         test_step_size: float = 0.4
         first_order: bool = False
         batch_norm: str = "transductive"
-        head: str = "zero"
+        head: str = "learned"  # Finn et al.; "zero": Kao et al. (2022)
         n_way: int = 5
         checkpoint: bool = False
         task_batching: bool = True
@@ -107,6 +109,7 @@ class MAML(Learner):
         if self.transductive:  # batch statistics always: no running buffers at all
             torch.func.replace_all_batch_norm_modules_(self.encoder)
         self.head = nn.Linear(self.encoder.out_dim, self.config.n_way) if self.config.head == "learned" else None
+        self.permutation_equivariant = self.head is None  # a learned head's rows are tied to label positions
 
     # -- functional model -----------------------------------------------------------------------
     def meta_params(self) -> Params:
@@ -336,7 +339,11 @@ class MAML(Learner):
 
 @LEARNERS.register("fomaml")
 class FOMAML(MAML):
-    """First-order MAML (Finn et al. 2017, section 5.2): MAML without second-order terms."""
+    """First-order MAML (Finn et al. 2017, section 5.2): MAML without second-order terms.
+
+    Same options and defaults as :class:`MAML`, Finn et al.'s meta-learned linear head included
+    (``head="zero"`` is Kao et al. (2022)'s zeroing trick).
+    """
 
     @dataclasses.dataclass
     class Config(MAML.Config):

@@ -73,6 +73,8 @@ def small_fusion_options(fusion: str | None) -> dict:
 
 
 def tiny_config(cls, **options):
+    if "n_way" in {f.name for f in dataclasses.fields(cls.Config)}:  # MAML's learned head: one output per way
+        options.setdefault("n_way", N_WAY)
     config = cls.Config(**options)
     steps = {f.name: min(getattr(config, f.name), 3) for f in dataclasses.fields(config)
              if f.name.endswith("steps") and type(getattr(config, f.name)) is int and f.name not in options}

@@ -19,6 +19,7 @@ IMAGE = TaskSetting(("image",), ("image",))
 
 def make(name: str = "maml", shape=(1, 8, 8), hidden: int = 3, dtype=torch.float64, seed: int = 0, **options) -> MAML:
     torch.manual_seed(seed)
+    options.setdefault("n_way", 3)  # the tasks below are 3-way; the default (learned) head has n_way outputs
     spec = ModelSpec(("image",), IMAGE, shape, backbone_options={"hidden": hidden, "strided": True})
     cls = LEARNERS.get(name)
     return cls(spec, cls.Config(**options)).to(dtype)
@@ -131,8 +132,30 @@ def test_api_predict_before_adapt_and_determinism(name):
     torch.testing.assert_close(logits, again, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
+def test_default_head_is_finns_meta_learned_linear_layer(name):
+    """Finn et al.'s MAML by default: a meta-learned ``nn.Linear`` head whose rows are tied to labels, and
+    the first inner step adapts the encoder too (with Kao et al.'s zero head it moves only the head)."""
+    cls = LEARNERS.get(name)
+    assert cls.Config().head == "learned"
+    learner = make(name).eval()
+    assert isinstance(learner.head, torch.nn.Linear) and learner.head.out_features == 3
+    assert "head.weight" in dict(learner.named_parameters()) and not learner.permutation_equivariant
+    episode = tasks(1)[0]
+    for head, encoder_moves in (("learned", name != "anil"), ("zero", False)):
+        learner = make(name, head=head, test_steps=1).eval()
+        start = learner.initial_params(3)
+        with torch.no_grad():
+            adapted = learner.adapt(episode)
+        moved = [n for n, v in adapted.items() if n.startswith("encoder.") and not torch.equal(v, start[n])]
+        assert bool(moved) == encoder_moves, (head, moved)
+        assert not torch.equal(adapted["head.weight"], start["head.weight"])
+    assert make(name, head="zero").permutation_equivariant
+
+
 def test_permuting_support_labels_permutes_predictions():
-    learner = make().eval()
+    """With Kao et al.'s zero head MAML is label-permutation equivariant (the learned head is not)."""
+    learner = make(head="zero").eval()
     episode = tasks(1)[0]
     perm = torch.tensor([2, 0, 1])
     permuted = Episode(support=episode.support, support_labels=perm[episode.support_labels], query=episode.query,

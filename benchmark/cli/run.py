@@ -21,7 +21,7 @@ examples:
   python run_benchmark.py --shots 1 --test-episodes 200 --train-episodes 100
   python run_benchmark.py --learners protonet --modalities image+text --fusions attention \\
       --query-modalities image                 # queries without text
-  python run_benchmark.py --config benchmark/configs/omniglot_protonet_5w1s.yaml --data-root ../shared/data \\
+  python run_benchmark.py --config benchmark/configs/omniglot_protonet_1shot.yaml --data-root ../shared/data \\
       --set train.lr=0.0005
   python run_benchmark.py ls learners          # what is registered ('ls fusions', 'ls datasets', ...)
 
