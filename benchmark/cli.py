@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmark.perf.suite import add_arguments as perf_arguments
 
     perf_arguments(sub.add_parser("perf", help="speed benchmark: throughput, memory, ratios (JSON)"))
+    from benchmark.sweep import add_arguments as sweep_arguments
+
+    sweep_arguments(sub.add_parser("sweep", help="run a sweep file (datasets x methods x shots x seeds) "
+                                                 "in turn or on Ray"))
     return parser
 
 
@@ -286,7 +290,7 @@ def load_plugins(modules: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = {"run", "ls", "table", "perf", "reproduce"}
+    commands = {"run", "ls", "table", "perf", "reproduce", "sweep"}
     first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
     if first is None or argv[first] not in commands:
         if not any(a in ("-h", "--help") for a in argv[:1]):
@@ -307,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
             return main_from_args(args)
         if args.command == "reproduce":
             return cmd_reproduce(args)
+        if args.command == "sweep":
+            from benchmark.sweep import main_from_args as sweep_main
+
+            return sweep_main(args)
         return cmd_run(args)
     except BenchmarkError as err:
         if args.debug:
