@@ -22,7 +22,7 @@ from tasks.errors import BenchmarkError, UnsupportedSetting
 log = logging.getLogger(__name__)
 
 
-def run_cell(cell_id: str, config: dict[str, Any], resume: bool = True) -> dict[str, Any]:
+def run_cell(cell_id: str, config: dict[str, Any], run_dir: str, lock_wait_s: float = 60.0) -> dict[str, Any]:
     """Run one cell (a :class:`~benchmark.runner.Benchmark` with one method) in this process.
 
     A cell's own failure is returned, not raised, so that the other cells go on; an interrupt
@@ -30,14 +30,17 @@ def run_cell(cell_id: str, config: dict[str, Any], resume: bool = True) -> dict[
 
     Args:
         config: the cell's :class:`~benchmark.config.ExperimentConfig` as a dict.
+        run_dir: its run folder; while another process holds it (e.g. a worker of a killed driver
+            that Ray is still stopping), wait up to ``lock_wait_s`` seconds before failing.
     """
     from benchmark.config import ExperimentConfig, from_dict
     from benchmark.runner import Benchmark
 
     start = time.perf_counter()
     status, error = "finished", None
+    _wait_for_run_lock(Path(run_dir), lock_wait_s)
     try:
-        Benchmark(from_dict(ExperimentConfig, config, f"cell {cell_id}"), resume=resume).run()
+        Benchmark(from_dict(ExperimentConfig, config, f"cell {cell_id}")).run()
     except UnsupportedSetting as err:
         status, error = "unsupported", str(err)
     except BenchmarkError as err:
@@ -48,6 +51,22 @@ def run_cell(cell_id: str, config: dict[str, Any], resume: bool = True) -> dict[
             "host": platform.node(), "pid": os.getpid()}
 
 
+def _wait_for_run_lock(run_dir: Path, seconds: float) -> None:
+    """Return once no process holds ``run_dir``'s lock, or after ``seconds`` (the run then reports
+    the holder)."""
+    from benchmark.checkpoint import RunLock
+
+    deadline = time.monotonic() + seconds
+    while run_dir.is_dir():
+        try:
+            RunLock(run_dir).acquire().release()
+            return
+        except BenchmarkError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(1.0)
+
+
 class LocalExecutor:
     """Cells one after another in this process."""
 
@@ -56,7 +75,7 @@ class LocalExecutor:
     def run(self, cells: Sequence) -> Iterator[dict[str, Any]]:
         for i, cell in enumerate(cells, 1):
             log.info("[%d/%d] %s: running", i, len(cells), cell.id)
-            yield run_cell(cell.id, cell.config)
+            yield run_cell(cell.id, cell.config, str(cell.run_dir))
 
 
 def cell_resources(config: dict[str, Any]) -> dict[str, float]:
@@ -117,7 +136,7 @@ class RayExecutor:
                 if str(config.get("device", "")).startswith("cuda"):
                     config["device"] = "cuda"  # Ray gives the task its GPU through CUDA_VISIBLE_DEVICES
                 ref = task.options(max_retries=self.max_retries, name=cell.id,
-                                   **cell_resources(config)).remote(cell.id, config)
+                                   **cell_resources(config)).remote(cell.id, config, str(cell.run_dir))
                 pending[ref] = cell
             log.info("submitted %d cells to Ray", len(cells))
             while pending:

@@ -188,11 +188,11 @@ def run_sweep(sweep: Sweep, executor) -> dict[str, dict]:
         kill_after = int(os.environ.get("MMFS_TEST_KILL_SWEEP_AFTER", "0") or 0)
         start = time.perf_counter()
         for n, result in enumerate(executor.run(todo), 1):
+            if n == kill_after:  # test hook: die like a killed driver (SIGKILL, no clean-up, nothing merged)
+                os.kill(os.getpid(), signal.SIGKILL)
             status[result["cell"]].update({k: v for k, v in result.items() if k != "cell"})
             _log_progress(result, n, len(todo), time.perf_counter() - start)
             write_sweep_files(sweep, status, executor.name)
-            if n == kill_after:  # test hook: die like a killed driver (SIGKILL, no clean-up)
-                os.kill(os.getpid(), signal.SIGKILL)
         write_sweep_files(sweep, status, executor.name)
     return status
 

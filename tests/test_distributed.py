@@ -1,0 +1,96 @@
+"""Data-parallel meta-training under torchrun (gloo on CPU) computes what one process computes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.distributed import DataParallel
+from benchmark.results import read_rows
+from tasks.errors import BenchmarkError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ProtoNet on meta-batches of 5 episodes: Conv-4's batch-norm running statistics are updated by every
+# episode, so they, and the evaluation that uses them, check the combination across ranks too
+ARGS = [
+    "run", "--set", "dataset_options.n_classes=40", "--set", "dataset_options.items_per_class=20",
+    "--set", "backbone_options.hidden=8", "--set", "train.way=5", "--set", "train.shot=1", "--set", "train.query=2",
+    "--set", "train.meta_batch=5", "--set", "train.val_episodes=3", "--set", "train.val_every=2",
+    "--set", "train.checkpoint_every=2", "--train-episodes", "4", "--test-episodes", "6", "--ways", "5",
+    "--shots", "1", "--queries", "3", "--threads", "1", "--learners", "protonet", "--modalities", "image",
+]
+SLUG = "protonet-image-none"
+
+
+def run(out: Path, nproc: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command = (launcher if nproc > 1 else [sys.executable]) + ["run_benchmark.py", *ARGS, "--out", str(out)]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def run_folder(out: Path) -> Path:
+    (folder,) = [p for p in out.iterdir() if p.is_dir() and p.name != "manifests"]
+    return folder
+
+
+def assert_same_model(a: Path, b: Path) -> None:
+    first = torch.load(run_folder(a) / "checkpoints" / f"{SLUG}.pt", weights_only=True)
+    second = torch.load(run_folder(b) / "checkpoints" / f"{SLUG}.pt", weights_only=True)
+    assert first.keys() == second.keys()
+    assert any("running_var" in k for k in first)  # the batch-norm statistics are compared too
+    for key in first:
+        # A convolution bias just before a batch norm has a zero gradient up to rounding, which Adam
+        # scales into steps of +-lr: in one process as across ranks these biases (and the running means,
+        # which include them) follow rounding noise and change no output. Everything else must agree.
+        noise = key.endswith(".0.bias") or key.endswith("running_mean")
+        tolerance = {"rtol": 0.0, "atol": 0.05} if noise else {"rtol": 1e-5, "atol": 1e-6}
+        assert torch.allclose(first[key].double(), second[key].double(), **tolerance), key
+    rows_a, rows_b = read_rows(run_folder(a) / "rows.jsonl"), read_rows(run_folder(b) / "rows.jsonl")
+    assert len(rows_a) == len(rows_b) > 0
+    assert abs(rows_a["value"].mean() - rows_b["value"].mean()) < 0.02
+
+
+def test_share_splits_a_meta_batch_in_order():
+    items = list(range(5))
+    assert [DataParallel(r, 2).share(items) for r in range(2)] == [[0, 1], [2, 3, 4]]
+    assert sum((DataParallel(r, 3).share(items) for r in range(3)), []) == items
+    assert DataParallel().share(items) == items
+    with pytest.raises(BenchmarkError, match="meta_batch=2 is smaller than the 3"):
+        DataParallel(0, 3).share([0, 1])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "out"
+    result = run(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_single_process_model(single, tmp_path):
+    out = tmp_path / "ddp"
+    result = run(out, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_model(single, out)
+    folder = run_folder(out)
+    assert not list(folder.glob(".*.tmp")) and not (folder / "checkpoints" / f"{SLUG}.train.pt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["manifests", folder.name]  # rank 1 wrote no manifests
+
+
+@pytest.mark.slow
+def test_killed_data_parallel_run_resumes_to_the_single_process_model(single, tmp_path):
+    out = tmp_path / "ddp"
+    killed = run(out, nproc=2, env={"MMFS_TEST_KILL_AT_STEP": "3"})  # after the checkpoint of step 2
+    assert killed.returncode != 0
+    assert (run_folder(out) / "checkpoints" / f"{SLUG}.train.pt").exists()
+    resumed = run(out, nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in resumed.stderr
+    assert_same_model(single, out)
