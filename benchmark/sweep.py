@@ -63,7 +63,8 @@ class Cell:
 
     def finished(self) -> bool:
         """Its run folder holds its rows (written atomically, all at once, when it finished)."""
-        return not read_rows(self.run_dir / "rows.jsonl").empty
+        path = self.run_dir / "rows.jsonl"
+        return path.is_file() and path.stat().st_size > 0
 
 
 @dataclass
@@ -156,8 +157,10 @@ def _cell_config(cfg: ExperimentConfig, method: Method, shot: Any, seed: Any, ou
 
 
 # -- the driver -------------------------------------------------------------------------------------
-def run_sweep(sweep: Sweep, executor) -> dict[str, dict]:
-    """Run every unfinished cell with ``executor`` and merge results as each cell finishes.
+def run_sweep(sweep: Sweep, executor, merge_every_s: float = 600.0) -> dict[str, dict]:
+    """Run every unfinished cell with ``executor``; record each result in ``sweep.json`` as it
+    comes, and merge the rows and tables at the end (also after an error or Ctrl-C) and at most
+    every ``merge_every_s`` seconds meanwhile (a merge rereads every finished cell's rows).
 
     Args:
         executor: :class:`benchmark.executors.LocalExecutor` or ``RayExecutor``; its ``run(cells)``
@@ -182,18 +185,23 @@ def run_sweep(sweep: Sweep, executor) -> dict[str, dict]:
                 status[cell.id]["status"] = "finished"
             else:
                 todo.append(cell)
-        done_before = len(sweep.cells) - len(todo)
         log.info("sweep %s: %d cells, %d finished earlier, %d to run (%s executor), writing to %s",
-                 sweep.path, len(sweep.cells), done_before, len(todo), executor.name, sweep.out)
+                 sweep.path, len(sweep.cells), len(sweep.cells) - len(todo), len(todo), executor.name, sweep.out)
         kill_after = int(os.environ.get("MMFS_TEST_KILL_SWEEP_AFTER", "0") or 0)
-        start = time.perf_counter()
-        for n, result in enumerate(executor.run(todo), 1):
-            if n == kill_after:  # test hook: die like a killed driver (SIGKILL, no clean-up, nothing merged)
-                os.kill(os.getpid(), signal.SIGKILL)
-            status[result["cell"]].update({k: v for k, v in result.items() if k != "cell"})
-            _log_progress(result, n, len(todo), time.perf_counter() - start)
-            write_sweep_files(sweep, status, executor.name)
-        write_sweep_files(sweep, status, executor.name)
+        start = merged = time.perf_counter()
+        try:
+            for n, result in enumerate(executor.run(todo), 1):
+                if n == kill_after:  # test hook: die like a killed driver (SIGKILL, no clean-up, nothing merged)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                status[result["cell"]].update({k: v for k, v in result.items() if k != "cell"})
+                _log_progress(result, n, len(todo), time.perf_counter() - start)
+                write_status(sweep, status, executor.name)
+                if time.perf_counter() - merged > merge_every_s:
+                    merge_cells(sweep)
+                    merged = time.perf_counter()
+        finally:
+            write_status(sweep, status, executor.name)
+            merge_cells(sweep)
     return status
 
 
@@ -205,20 +213,23 @@ def _log_progress(result: dict, n: int, total: int, elapsed: float) -> None:
         log.error("[%d/%d] %s %s: %s", n, total, result["cell"], result["status"], result["error"])
 
 
-def write_sweep_files(sweep: Sweep, status: dict[str, dict], executor: str) -> pd.DataFrame:
-    """Merge the finished cells' rows (in cell order) into ``<out>/rows.jsonl`` and regenerate
-    the tables and ``sweep.json``; returns the summary (one row per cell and way)."""
-    parts = [(c.run_dir / "rows.jsonl").read_bytes() for c in sweep.cells if c.finished()]
-    atomic_write_text(sweep.out / "rows.jsonl", b"".join(parts).decode())
-    rows = read_rows(sweep.out / "rows.jsonl")
-    table = summarize_by_seed(rows)
-    atomic_write_text(sweep.out / "summary.csv", table.to_csv(index=False))
-    atomic_write_text(sweep.out / "summary.md", to_markdown(table.drop(columns=["manifest_sha256"])))
-    write_comparison([sweep.out], sweep.out)
+def write_status(sweep: Sweep, status: dict[str, dict], executor: str) -> None:
+    """``<out>/sweep.json``: every cell's status (finished, failed, unsupported, not run), error and time."""
     counts = pd.Series([s["status"] for s in status.values()]).value_counts().to_dict()
     record = {"sweep": str(sweep.path), "executor": executor, "counts": counts,
               "cells": [{"cell": c.id, **status[c.id]} for c in sweep.cells]}
     atomic_write_text(sweep.out / "sweep.json", json.dumps(record, indent=2))
+
+
+def merge_cells(sweep: Sweep) -> pd.DataFrame:
+    """Merge the finished cells' rows, in cell order, into ``<out>/rows.jsonl`` and regenerate the
+    summary (per seed) and the paired comparisons; returns the summary."""
+    parts = [(c.run_dir / "rows.jsonl").read_bytes() for c in sweep.cells if c.finished()]
+    atomic_write_text(sweep.out / "rows.jsonl", b"".join(parts).decode())
+    table = summarize_by_seed(read_rows(sweep.out / "rows.jsonl"))
+    atomic_write_text(sweep.out / "summary.csv", table.to_csv(index=False))
+    atomic_write_text(sweep.out / "summary.md", to_markdown(table.drop(columns=["manifest_sha256"])))
+    write_comparison([sweep.out], sweep.out)
     return table
 
 
@@ -252,6 +263,9 @@ def add_arguments(parser) -> None:
                                           "default: a local Ray instance")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--out", help="sweep folder (default: the file's `out`, else runs/<file name>)")
+    parser.add_argument("--merge-every-s", type=float, default=600.0,
+                        help="merge the finished cells' rows and tables at most this often while the sweep runs "
+                             "(always at the end; default 600)")
 
 
 def main_from_args(args) -> int:
@@ -260,7 +274,7 @@ def main_from_args(args) -> int:
     from benchmark.results import format_table
 
     sweep = load_sweep(args.file, args.out)
-    status = run_sweep(sweep, make_executor(args.executor, args.address, args.num_cpus))
+    status = run_sweep(sweep, make_executor(args.executor, args.address, args.num_cpus), args.merge_every_s)
     table = summarize_by_seed(read_rows(sweep.out / "rows.jsonl"))
     if not table.empty:
         print(format_table(table.assign(learner=[f"{a} s{b}" for a, b in zip(table["learner"], table["seed"])])))
