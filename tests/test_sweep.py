@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -130,3 +131,24 @@ def test_failed_cell_is_reported_and_the_others_kept(tmp_path):
     stamp = best.stat().st_mtime_ns
     assert main(["sweep", str(path), "--out", str(out)]) == 1  # the failed cell fails again, alone
     assert best.stat().st_mtime_ns == stamp and read_rows(out / "rows.jsonl").shape[0] == 4 * 2  # episodes x metrics
+
+
+@pytest.mark.slow
+def test_killed_ray_workers_fail_their_cells_and_resume_on_rerun(local_sweep, tmp_path, caplog):
+    """Workers SIGKILLed at step 3 (after the checkpoint of step 2), on the retry too: those cells are
+    reported failed, the others finish; a rerun resumes them from step 2 to the uninterrupted rows."""
+    out, path = tmp_path / "out", sweep_file(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMFS_TEST_KILL_AT_STEP": "protonet-text-none:3"}
+    env.pop("RAY_ADDRESS", None)
+    killed = subprocess.run([sys.executable, "run_benchmark.py", "sweep", str(path), "--executor", "ray", "--num-cpus",
+                             "2", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 1, killed.stderr[-3000:]
+    status = statuses(out)
+    assert {c: s for c, s in status.items() if "text" in c} == {
+        "shapes/protonet-text-none/1s/seed0": "failed", "shapes/protonet-text-none/1s/seed1": "failed"}
+    assert {s for c, s in status.items() if "image" in c} == {"finished"}
+    assert "protonet-text-none/1s/seed0: failed:" in killed.stdout  # reported with its error at the end
+    caplog.set_level(logging.INFO)
+    assert main(["sweep", str(path), "--out", str(out)]) == 0
+    assert "2 finished earlier, 2 to run" in caplog.text and caplog.text.count("resuming from step 2") == 2
+    assert (out / "rows.jsonl").read_bytes() == (local_sweep / "rows.jsonl").read_bytes()
