@@ -178,26 +178,21 @@ def shutdown() -> None:
 
 def follow(bench) -> None:
     """What a rank other than 0 does instead of :meth:`Benchmark.run`: train the same methods as rank
-    0, in step with it, and write nothing (test and validation manifests go to a private temporary
-    folder; rank 0 evaluates and writes the results).
+    0, in step with it, and write nothing (its copies of the test and validation manifests go to a
+    private temporary folder; rank 0 evaluates and writes the results).
 
     Rank 0 cannot append rows before the first step, which needs every rank, so both read the
     same ``rows.jsonl`` to decide which methods are finished.
     """
-    from benchmark.results import read_rows
+    from benchmark.runner import finished_methods
 
-    done = set()
-    rows = read_rows(bench.run_dir / "rows.jsonl") if bench.resume else None
-    if rows is not None and not rows.empty:
-        done = {f"{r.learner}-{r.modalities}-{r.fusion}" for r in rows.itertuples()}
+    done = finished_methods(bench.run_dir / "rows.jsonl") if bench.resume else set()
     private = Path(tempfile.mkdtemp(prefix=f"mmfs-rank{_current.rank}-"))
     bench.manifest_dir = private
     if bench.cfg.threads:
         torch.set_num_threads(bench.cfg.threads)
     try:
-        bench.skipped = {}
-        bench._load_data()
-        bench._preflight()
+        bench.prepare()
         for method in bench.methods:
             if method.slug not in done:
                 bench.train(bench.build_learner(method), method)

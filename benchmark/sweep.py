@@ -91,7 +91,7 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
     Raises:
         BenchmarkError: unknown keys, empty lists, unknown names or bad values (named with the file).
     """
-    from benchmark.runner import config_hash
+    from benchmark.rundir import config_hash
 
     path = Path(path)
     spec = load_yaml(path)
@@ -252,33 +252,3 @@ def describe(status: dict[str, dict]) -> Iterable[str]:
         if s["status"] != "finished":
             yield f"{cell}: {s['status']}: {str(s.get('error', ''))[:300]}"
 
-
-# -- command line -------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    """Flags of ``run_benchmark.py sweep``."""
-    parser.add_argument("file", help="sweep file (YAML): datasets x methods x shots x seeds")
-    parser.add_argument("--executor", default="local", choices=("local", "ray"),
-                        help="local: cells in turn in this process (default); ray: one Ray task per cell")
-    parser.add_argument("--address", help="with --executor ray: a running cluster (auto or HOST:PORT); "
-                                          "default: a local Ray instance")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-    parser.add_argument("--out", help="sweep folder (default: the file's `out`, else runs/<file name>)")
-    parser.add_argument("--merge-every-s", type=float, default=600.0,
-                        help="merge the finished cells' rows and tables at most this often while the sweep runs "
-                             "(always at the end; default 600)")
-
-
-def main_from_args(args) -> int:
-    """Run a sweep; exit code 1 when a cell failed (the others are kept), else 0."""
-    from benchmark.executors import make_executor
-    from benchmark.results import format_table
-
-    sweep = load_sweep(args.file, args.out)
-    status = run_sweep(sweep, make_executor(args.executor, args.address, args.num_cpus), args.merge_every_s)
-    table = summarize_by_seed(read_rows(sweep.out / "rows.jsonl"))
-    if not table.empty:
-        print(format_table(table.assign(learner=[f"{a} s{b}" for a, b in zip(table["learner"], table["seed"])])))
-    for line in describe(status):
-        print(line)
-    print(f"\nsweep: {sweep.out}/summary.md  (rows.jsonl, comparison.md, sweep.json; one run folder per cell)")
-    return 1 if failed_cells(status) else 0
