@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from benchmark.distributed import DataParallel
 from benchmark.results import read_rows
@@ -63,6 +64,54 @@ def test_share_splits_a_meta_batch_in_order():
     assert DataParallel().share(items) == items
     with pytest.raises(BenchmarkError, match="meta_batch=2 is smaller than the 3"):
         DataParallel(0, 3).share([0, 1])
+
+
+def _tiny_step(dp: DataParallel, out: Path) -> None:
+    """One meta-batch of 5 "episodes" through conv + batch norm (its running statistics are updated
+    once per episode, as in ProtoNet); saves the gradients and statistics this rank ends with."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
+    batch = [torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(i)) * (i + 1) for i in range(5)]
+    model(batch[0][:2]), model.zero_grad()  # materialise the lazy layer ...
+    model[1].reset_running_stats()  # ... without counting that call
+    mine = dp.share(batch)
+    before = dp.batch_norm_state(model)
+    loss = torch.stack([model(x).pow(2).mean() for x in mine]).mean()
+    loss.backward()
+    dp.average_gradients(list(model.parameters()), len(mine), len(batch))
+    dp.sync_batch_norm(before)
+    torch.save({"grads": [p.grad for p in model.parameters()], "buffers": dict(model[1].named_buffers()),
+                "loss": dp.mean_loss(loss, len(mine), len(batch))}, out)
+
+
+def _rank(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        _tiny_step(DataParallel(rank, world), Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # 71 s on the shared 2 cores: two spawned processes import torch
+def test_all_reduce_gives_the_single_process_gradients_and_statistics(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _tiny_step(DataParallel(), tmp_path / "single.pt")
+    mp.spawn(_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    single = torch.load(tmp_path / "single.pt", weights_only=True)
+    for rank in range(2):
+        ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert abs(ranked["loss"] - single["loss"]) < 1e-6 * abs(single["loss"])
+        for a, b in zip(single["grads"], ranked["grads"]):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+        for name, value in single["buffers"].items():
+            assert torch.allclose(value.double(), ranked["buffers"][name].double(), rtol=1e-5, atol=1e-7), name
+    assert int(single["buffers"]["num_batches_tracked"]) == 5
 
 
 @pytest.fixture(scope="module")

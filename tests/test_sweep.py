@@ -152,3 +152,13 @@ def test_killed_ray_workers_fail_their_cells_and_resume_on_rerun(local_sweep, tm
     assert main(["sweep", str(path), "--out", str(out)]) == 0
     assert "2 finished earlier, 2 to run" in caplog.text and caplog.text.count("resuming from step 2") == 2
     assert (out / "rows.jsonl").read_bytes() == (local_sweep / "rows.jsonl").read_bytes()
+
+
+def test_executor_errors_say_what_to_do(monkeypatch):
+    from benchmark.executors import RayExecutor, make_executor
+
+    with pytest.raises(BenchmarkError, match="--address only applies with --executor ray"):
+        make_executor("local", "auto")
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    with pytest.raises(BenchmarkError, match=r"pip install 'mmfewshot-bench\[ray\]'"):
+        next(RayExecutor().run(["a cell"]))
