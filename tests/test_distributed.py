@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from benchmark.checkpoint import read_model
 from benchmark.distributed import DataParallel
 from benchmark.results import read_rows
 from tasks.errors import BenchmarkError
@@ -41,8 +42,8 @@ def run_folder(out: Path) -> Path:
 
 
 def assert_same_model(a: Path, b: Path) -> None:
-    first = torch.load(run_folder(a) / "checkpoints" / f"{SLUG}.pt", weights_only=True)
-    second = torch.load(run_folder(b) / "checkpoints" / f"{SLUG}.pt", weights_only=True)
+    first = read_model(run_folder(a) / "checkpoints" / f"{SLUG}.pt")[0]
+    second = read_model(run_folder(b) / "checkpoints" / f"{SLUG}.pt")[0]
     assert first.keys() == second.keys()
     assert any("running_var" in k for k in first)  # the batch-norm statistics are compared too
     for key in first:
