@@ -1,7 +1,7 @@
 """Datasets: the registry and the loaders that fill it.
 
 One module per dataset family: ``shapes`` (built in), ``omniglot``, ``imagenet``
-(``miniimagenet``, ``tieredimagenet``), ``cifar`` (``cifarfs``, ``fc100``), ``cub``
+(``miniimagenet``), ``tieredimagenet``, ``cifar`` (``cifarfs``, ``fc100``), ``cub``
 and ``userdata`` (``imagetext_folder``, ``hf``). Each registered class has
 ``load(data_root=None, download=False, **options) -> FewShotDataset``.
 """
@@ -9,7 +9,7 @@ import inspect
 
 from tasks.datasets.base import DATASETS, SPLITS, FewShotDataset
 from tasks.datasets import shapes  # noqa: F401  (registers the built-in dataset)
-from tasks.datasets import cifar, cub, imagenet, omniglot, userdata  # noqa: F401  (register the real datasets)
+from tasks.datasets import cifar, cub, imagenet, omniglot, tieredimagenet, userdata  # noqa: F401  (register)
 from tasks.errors import BenchmarkError, suggest
 
 __all__ = ["DATASETS", "SPLITS", "FewShotDataset", "describe_dataset", "load_dataset"]
