@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.results import atomic_write_bytes, write_error
+from benchmark.results import atomic_save, write_error
 from tasks.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,7 @@ def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
 # -- checkpoints --------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Save a training state atomically (see module docstring)."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT_VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save(path, lambda f: torch.save({"format": FORMAT_VERSION, **state}, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

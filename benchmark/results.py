@@ -23,13 +23,15 @@ import dataclasses
 import errno
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from benchmark.stats import mean_ci95
-from tasks import atomic
+from tasks.atomic import atomic_write
 from tasks.errors import BenchmarkError
 
 SUMMARY_KEYS = ["learner", "fusion", "modalities", "setting", "dataset", "n_way", "n_shot", "n_query"]
@@ -46,16 +48,22 @@ def write_error(path: Path, err: OSError) -> BenchmarkError:
     )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`tasks.atomic.atomic_write`).
+def atomic_save(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """:func:`tasks.atomic.atomic_write` for the run folder: ``write(f)`` fills a temporary file that
+    replaces ``path``.
 
     Raises:
         BenchmarkError: the write failed (e.g. ``ENOSPC``); ``path`` keeps its previous contents.
     """
     try:
-        atomic.atomic_write_bytes(path, data)
+        atomic_write(path, write)
     except OSError as err:
         raise write_error(Path(path), err) from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_save`)."""
+    atomic_save(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

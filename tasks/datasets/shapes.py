@@ -16,11 +16,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from tasks.atomic import atomic_write, atomic_write_text
 from tasks.datasets.base import DATASETS, FewShotDataset
 from tasks.errors import BenchmarkError
 from tasks.paths import cache_dir
@@ -261,23 +261,16 @@ class ShapesDataset:
         data = generate(n_classes, items_per_class, image_size, seed)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            _atomic_savez(npz, images=data.images, labels=data.labels,
-                          **{f"split_{k}": v for k, v in data.splits.items()})
-            tmp = meta.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({
+            arrays = {"images": data.images, "labels": data.labels,
+                      **{f"split_{k}": v for k, v in data.splits.items()}}
+            atomic_write(npz, lambda f: np.savez(f, **arrays))
+            atomic_write_text(meta, json.dumps({
                 "class_names": data.class_names, "captions": data.captions,
                 "class_texts": data.class_texts, "mean": data.mean, "std": data.std, "info": data.info,
             }))
-            os.replace(tmp, meta)
         except OSError as err:
             log.warning("could not cache the shapes dataset in %s (%s); it will be regenerated next time", root, err)
         return data
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def save_figure(path: str | Path, seed: int = 0, n_images: int = 6) -> Path:
