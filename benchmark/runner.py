@@ -3,7 +3,6 @@ evaluate it on fixed test manifests and write rows, summaries and ``run.json``."
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -16,9 +15,9 @@ from torch import nn
 from benchmark.checkpoint import RunLock
 from benchmark.config import ExperimentConfig, component_config, train_config
 from benchmark.evaluate import evaluate
-from benchmark.methods import Method, check_names, expand_methods, fit_to_captions
+from benchmark.methods import Method, check_names, check_options, expand_methods, fit_to_captions
 from benchmark.provenance import resolve_device
-from benchmark.results import (append_rows, atomic_write_bytes, episode_rows, previous_method_records, read_rows,
+from benchmark.results import (append_rows, atomic_save, episode_rows, previous_method_records, read_rows,
                                run_record, write_comparison, write_run_record, write_summary)
 from benchmark.rundir import config_hash, prepare_output, seeds, set_aside_previous
 from benchmark.runtime import keep_freed_memory
@@ -60,6 +59,7 @@ class Benchmark:
         self.cfg = cfg.validate()
         self.resume = resume  # continue from training checkpoints of an unfinished run (else start over)
         check_names(cfg)
+        check_options(cfg)
         self.methods = expand_methods(cfg)
         if not self.methods:
             raise BenchmarkError("no method to run: check --learners, --modalities and --fusions")
@@ -138,10 +138,7 @@ class Benchmark:
         corpus += [t for c, t in enumerate(data.class_texts or []) if c in train]
         cls = TEXT_ENCODERS.get(cfg.text_encoder)
         options = dict(cfg.text_encoder_options)
-        try:
-            encoder = cls(corpus, **options)
-        except TypeError as err:
-            raise BenchmarkError(f"text_encoder_options for {cfg.text_encoder!r}: {err}") from None
+        encoder = cls(corpus, **options)  # options checked in __init__ (methods.check_options)
         item = encoder.prepare(data.captions) if data.captions is not None else None
         klass = encoder.prepare(data.class_texts) if data.class_texts is not None else None
         return TextInputs(lambda: cls(corpus, **options), item, klass)
@@ -194,10 +191,7 @@ class Benchmark:
         )
         config = component_config(cls.Config, cfg.learner_options.get(method.learner, {}),
                                   f"learner_options.{method.learner}")
-        try:
-            return cls(spec, config).to(self.device)
-        except TypeError as err:
-            raise BenchmarkError(f"options for {method.label}: {err}") from None
+        return cls(spec, config).to(self.device)  # fusion and backbone options checked in __init__
 
     def train(self, learner: Learner, method: Method) -> dict:
         """Meta-train ``method``'s learner on episodes shown as at test time; returns its history
@@ -230,9 +224,7 @@ class Benchmark:
         learner = self.build_learner(method)
         history = self.train(learner, method)
         checkpoint = self.run_dir / "checkpoints" / f"{method.slug}.pt"
-        buffer = io.BytesIO()
-        torch.save(learner.state_dict(), buffer)
-        atomic_write_bytes(checkpoint, buffer.getvalue())
+        atomic_save(checkpoint, lambda f: torch.save(learner.state_dict(), f))
         rows = self.test(learner, method)
         self.method_records[method.slug] = {
             **history, "wall_time_s": round(time.perf_counter() - start, 2), "checkpoint": str(checkpoint),
