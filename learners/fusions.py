@@ -170,7 +170,6 @@ class GatedFusion(_ImageTextFusion):
         self.transform = _mlp(in_dims["text"], hidden, self.out_dim)
         self.gate = _mlp(self.out_dim, hidden, 1)
         nn.init.constant_(self.gate[-1].bias, gate_bias)
-        self.last_gate: Tensor | None = None
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         present = self._check(features)
@@ -180,7 +179,6 @@ class GatedFusion(_ImageTextFusion):
         if "image" not in present:
             return text
         gate = torch.sigmoid(self.gate(text))  # [B, 1]
-        self.last_gate = gate.detach()
         return gate * features["image"] + (1 - gate) * text
 
 

@@ -69,8 +69,6 @@ def download(data_root: Path) -> None:
 class OmniglotDataset:
     """Omniglot: 1623 handwritten characters x4 rotations, 20 drawings each, 28x28 grayscale (Vinyals split)."""
 
-    text_kinds = ("class",)
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, split: str = "vinyals",
              image_size: int = 28, rotations: tuple[int, ...] | list[int] = (0, 90, 180, 270),

@@ -233,8 +233,6 @@ def generate(n_classes: int = 240, items_per_class: int = 40, image_size: int = 
 class ShapesDataset:
     """Built-in synthetic image-text dataset: 240 classes, 40 items each, 32x32 RGB + captions."""
 
-    text_kinds = ("class", "instance")
-
     @staticmethod
     def load(data_root: str | None = None, n_classes: int = 240, items_per_class: int = 40,
              image_size: int = 32, seed: int = 0, download: bool = False) -> FewShotDataset:

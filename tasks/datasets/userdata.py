@@ -165,8 +165,6 @@ def _build(name, images, label_strs, caps, item_splits, class_text_list, fractio
 class ImageTextFolder:
     """Your own images (+ captions, + class descriptions) from a CSV or one folder per class; no code needed."""
 
-    text_kinds = ("class", "instance")
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, csv: str | None = None,
              image_column: str | None = None, label_column: str = "label", caption_column: str | None = None,
@@ -197,8 +195,6 @@ class ImageTextFolder:
 @DATASETS.register("hf")
 class HuggingFace:
     """Any Hugging Face `datasets` dataset (hub name or local/saved path) with user-named image/label/text columns."""
-
-    text_kinds = ("class", "instance")
 
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, name: str | None = None,
