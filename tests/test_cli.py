@@ -10,26 +10,9 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from tests.conftest import TINY, only_run_dir, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--set", "dataset_options.n_classes=40", "--set", "dataset_options.items_per_class=20",
-    "--set", "backbone_options.hidden=8", "--set", "train.way=5", "--set", "train.val_every=2",
-    "--set", "train.val_episodes=3", "--train-episodes", "3", "--test-episodes", "8", "--queries", "5",
-    "--threads", "1",
-]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def only_run_dir(out: Path) -> Path:
-    dirs = [d for d in out.iterdir() if d.is_dir() and d.name != "manifests"]
-    assert len(dirs) == 1, dirs
-    return dirs[0]
 
 
 def test_tiny_run_writes_every_output(tmp_path, capsys):
