@@ -75,6 +75,8 @@ class OmniglotDataset:
              val_fraction: float = 0.15, seed: int = 0) -> FewShotDataset:
         """Read ``omniglot-py`` under ``data_root``.
 
+        Long: the layout checks, each with its own message, in the order a user fixes them.
+
         Args:
             data_root: folder holding ``omniglot-py/`` (or ``omniglot-py`` itself).
             download: fetch the data with torchvision first if it is missing.

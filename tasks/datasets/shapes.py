@@ -1,15 +1,13 @@
 """``shapes``: the built-in image-text few-shot dataset (no download).
 
-Each class is a combination of five attributes. Two are seen only in the image
-(colour, fill pattern), two are stated only in the text (material, place) and
-one is in both (shape). Images vary in position, scale, rotation, lighting,
-background clutter and pixel noise; captions vary in wording (synonyms), word
-order, which attributes they mention and distractor phrases. So neither
-modality alone identifies a class reliably and combining them helps.
+Each class is a combination of five attributes. Two are seen only in the image (colour, fill
+pattern), two are stated only in the text (material, place) and one is in both (shape). Images vary
+in position, scale, rotation, lighting, background clutter and pixel noise; captions vary in wording
+(synonyms), word order, which attributes they mention and distractor phrases. So neither modality
+alone identifies a class reliably and combining them helps.
 
-Generated deterministically from a seed in a few seconds and cached on disk
-as ``.npz`` (images) + ``.json`` (text), keyed by the generator's parameters
-and version.
+Generated deterministically from a seed in a few seconds and cached on disk as ``.npz`` (images) +
+``.json`` (text), keyed by the generator's parameters and version.
 """
 from __future__ import annotations
 
@@ -75,11 +73,10 @@ P_MENTION = {"shape": 0.8, "material": 0.7, "place": 0.7}
 def _class_attributes(n_classes: int, rng: np.random.Generator) -> list[dict[str, str]]:
     """Attribute combinations of the classes.
 
-    Classes come in families that share a shape: within a family, every one of
-    ``LOOKS_PER_SHAPE`` looks (colour, pattern) is crossed with every one of
-    ``STORIES_PER_SHAPE`` stories (material, place). So each look is shared by
-    many classes that only the text tells apart, and each story by several
-    classes that only the image tells apart.
+    Classes come in families that share a shape: within a family, every one of ``LOOKS_PER_SHAPE``
+    looks (colour, pattern) is crossed with every one of ``STORIES_PER_SHAPE`` stories (material,
+    place). So each look is shared by many classes that only the text tells apart, and each story by
+    several classes that only the image tells apart.
     """
     looks = list(itertools.product(COLOURS, PATTERNS))
     stories = list(itertools.product(MATERIALS, PLACES))
@@ -236,10 +233,8 @@ class ShapesDataset:
     @staticmethod
     def load(data_root: str | None = None, n_classes: int = 240, items_per_class: int = 40,
              image_size: int = 32, seed: int = 0, download: bool = False) -> FewShotDataset:
-        """Load from the cache (``data_root`` or the user cache dir), generating it if needed.
-
-        ``download`` is accepted for a uniform loader API and ignored (nothing to download).
-        """
+        """Load from the cache (``data_root`` or the user cache dir), generating it if needed;
+        ``download`` is accepted for a uniform loader API and ignored (nothing to download)."""
         root = Path(data_root) if data_root else cache_dir()
         stem = root / f"shapes-v{GENERATOR_VERSION}-c{n_classes}-i{items_per_class}-s{image_size}-seed{seed}"
         npz, meta = stem.with_suffix(".npz"), stem.with_suffix(".json")

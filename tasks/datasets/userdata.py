@@ -202,7 +202,10 @@ class HuggingFace:
              label_column: str = "label", text_column: str | None = None, class_text_column: str | None = None,
              split_column: str | None = None, image_size: int = 84, grayscale: bool = False,
              split_fractions=(0.6, 0.2, 0.2), seed: int = 0) -> FewShotDataset:
-        """Load with ``datasets`` and convert (images decoded once, cached by the dataset's fingerprint)."""
+        """Load with ``datasets`` and convert (images decoded once, cached by the dataset's fingerprint).
+
+        Long: finding the source, then mapping its columns, each step with its own error message.
+        """
         import datasets as hfds
 
         if name is None and data_root is None:
