@@ -108,7 +108,8 @@ def check_options(cfg: ExperimentConfig) -> None:
         check_component_options(kind, name, component, options, where, supplied)
 
 
-def fit_to_captions(methods: list[Method], setting: TaskSetting, dataset, name: str) -> tuple[list[Method], TaskSetting]:
+def fit_to_captions(methods: list[Method], setting: TaskSetting, dataset,
+                    name: str) -> tuple[list[Method], TaskSetting]:
     """Without captions, items show images only: drop item text from the task and skip text methods.
 
     Args:

@@ -269,7 +269,8 @@ def run_record(bench, status: str, wall_time_s: float) -> dict:
         "setting": dataclasses.asdict(bench.setting),
         "dataset": {"name": bench.cfg.dataset, "fingerprint": data and data.fingerprint(),
                     "image_shape": data and list(data.image_shape)},
-        "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)} for (w, s), (m, p) in bench.test_manifests.items()},
+        "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)}
+                      for (w, s), (m, p) in bench.test_manifests.items()},
         "val_manifest_sha256": bench.val_manifest and bench.val_manifest.sha256,
         "methods": bench.method_records, "skipped": bench.skipped, "git_commit": git_commit(),
         "packages": package_versions(), "device": str(bench.device), "torch_threads": torch.get_num_threads(),

@@ -71,6 +71,7 @@ class Benchmark:
         self.run_dir = prepare_output(cfg.out, self.run_id)
         self.manifest_dir = Path(cfg.out) / "manifests"
         # built by prepare():
+        self.prepared = False
         self.dataset: FewShotDataset | None = None
         self.samplers: dict[str, EpisodeSampler] = {}  # training episodes per learner
         self.val_manifest: EpisodeManifest | None = None
@@ -89,10 +90,12 @@ class Benchmark:
         Raises:
             UnsupportedSetting: no requested method can run on this dataset and setting.
         """
-        if self.text is not None:
+        if self.prepared:
             return self
         cfg = self.cfg
-        self.dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        if dataset is None:
+            dataset = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        self.dataset = dataset
         self.methods, self.setting = fit_to_captions(self.methods, self.setting, self.dataset, cfg.dataset)
         for learner in dict.fromkeys(m.learner for m in self.methods):  # built now: impossible episodes fail early
             train = train_config(cfg, learner)
@@ -108,6 +111,7 @@ class Benchmark:
                     self.seeds["manifest"])
         self.text = self._prepare_text()
         self._preflight()
+        self.prepared = True
         return self
 
     def _preflight(self) -> None:

@@ -40,7 +40,8 @@ class Reproduce(Subcommand):
             return 0
         protocol = reproduce.load_protocol(args.name)
         if args.test_episodes is not None and not args.eval_only:
-            raise BenchmarkError("--test-episodes only applies with --eval-only (training uses the protocol's manifest)")
+            raise BenchmarkError("--test-episodes only applies with --eval-only "
+                                 "(training uses the protocol's manifest)")
         if args.eval_only:
             outcome = reproduce.evaluate_checkpoint(protocol, args.data_root, args.out, args.threads, args.device,
                                                     args.test_episodes)
