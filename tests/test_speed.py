@@ -364,8 +364,8 @@ def test_perf_script_smoke(tmp_path):
     assert main(["perf", "--smoke", "--compile", "eager", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     cases = result["cases"]
-    assert set(cases) == {"sampling", "protonet_train", "maml_second_order", "maml_first_order", "maml_memory", "eval",
-                          "flops"}
+    assert set(cases) == {"sampling", "protonet_train", "maml_second_order", "maml_first_order", "maml_peer",
+                          "maml_memory", "eval", "flops"}
     assert all(cases["maml_memory"][k]["peak_memory_mb"] > 0
                for k in ("second_order", "second_order_query_at_once", "second_order_checkpointed"))
     for key in ("maml_second_order", "maml_first_order"):
