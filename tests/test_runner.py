@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
+from benchmark.checkpoint import read_model
 from benchmark.cli import build_parser, config_from_args
 from benchmark.runner import Benchmark
 from tests.conftest import only_run_dir, tiny_args
@@ -24,7 +24,8 @@ def test_a_saved_model_tested_again_gives_the_rows_of_its_run(tmp_path):
     assert bench.prepare() is bench and bench.prepare() is bench  # idempotent
     method = bench.methods[0]
     learner = bench.build_learner(method)
-    learner.load_state_dict(torch.load(bench.run_dir / "checkpoints" / f"{method.slug}.pt", weights_only=True))
+    state, _ = read_model(bench.run_dir / "checkpoints" / f"{method.slug}.pt")
+    learner.load_state_dict(state)
     assert bench.episode_loader(learner).setting == bench.setting
     assert bench.test(learner, method) == rows
     assert set(bench.test_manifests) == {(5, 1)}
