@@ -32,6 +32,8 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                path: Path, resume: bool) -> dict:
     """Episodic meta-training with validation-based model selection; keeps the best state.
 
+    Long: one loop (resume, step, validate, checkpoint) over shared state, read top to bottom.
+
     With ``cfg.val_every == 0`` there is no validation (e.g. training on train + val classes, as
     Snell et al.'s final models) and the state after the last step is kept.
 

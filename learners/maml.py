@@ -38,10 +38,10 @@ class MAML(Learner):
     Meta-training runs all tasks of a meta-batch at once, inner steps and query side: the
     tasks' weights become the groups of one grouped convolution (:mod:`learners.taskbatch`;
     image-only encoders of supported layers, else a per-task loop). Batching with
-    ``torch.func.vmap`` was measured and not kept: on the 2-core CPU it was 0.45x-1.14x the
-    loop's speed, and ``vmap`` over ``torch.func.grad`` composed with outer autograd gave
-    second-order meta-gradients that disagree with finite differences (torch 2.14) for a
-    learned head or two or more inner steps.
+    ``torch.func.vmap`` was not kept: it was slower than the loop in places (docs/speed.md,
+    "Design choices and their measurements"), and ``vmap`` over ``torch.func.grad`` composed with
+    outer autograd gave second-order meta-gradients that disagree with finite differences
+    (torch 2.14) for a learned head or two or more inner steps.
 
     Args (``Config``):
         train_steps, train_step_size: inner loop during meta-training.
@@ -65,8 +65,8 @@ class MAML(Learner):
         query_chunk: with task batching, the query side runs forward and backward this many tasks
             at a time inside :meth:`loss`, so only one chunk's query activations are held
             (0: all tasks at once). The same loss and meta-gradients either way.
-        query_channels_last: run the batched query side with channels-last activations. On the
-            2-core CPU a step is 5-10% faster, but PyTorch's channels-last batch norm (CPU) sums
+        query_channels_last: run the batched query side with channels-last activations. A step is
+            somewhat faster on CPU (docs/speed.md), but PyTorch's channels-last batch norm (CPU) sums
             its statistics less accurately, so float32 meta-gradients end up about as far from
             float64 as a channels-last textbook loop's, several times further than the NCHW loop's
             (``tests/test_speed.py``). Off by default: the default matches the NCHW loop to 1e-6.
@@ -274,7 +274,7 @@ class MAML(Learner):
             names = self.stepped_names(params, step)
             if not names:  # nothing moves (a zero head that the inner loop does not adapt)
                 continue
-            # always NCHW: channels-last made the support side's second-order pass slower (0.89x a step)
+            # always NCHW: channels-last made the support side's second-order pass slower (docs/speed.md)
             logits = self.task_batched_logits(params, support)
             # the sum over tasks of each task's mean loss: its gradient with respect to task t's
             # copy of the weights is task t's own gradient

@@ -276,7 +276,7 @@ def test_missing_root_explains_layout(name, tmp_path):
 
 
 def test_unknown_option_is_a_clear_error(tmp_path):
-    with pytest.raises(BenchmarkError, match="no option 'imgsize'.*image_size"):
+    with pytest.raises(BenchmarkError, match=r"dataset_options \(dataset 'omniglot'\): unknown key 'imgsize'. Did you mean 'image_size'"):
         load_dataset("omniglot", str(tmp_path), imgsize=32)
 
 

@@ -9,31 +9,11 @@ import torch.nn.functional as F
 
 from benchmark.cli import main
 from benchmark.perf.references import reference_maml_backward
-from learners import LEARNERS, ModelSpec
+from learners import LEARNERS
 from learners.maml import MAML
-from tasks.episode import Episode, TaskSetting
+from tasks.episode import Episode
 from tasks.errors import BenchmarkError
-
-IMAGE = TaskSetting(("image",), ("image",))
-
-
-def make(name: str = "maml", shape=(1, 8, 8), hidden: int = 3, dtype=torch.float64, seed: int = 0, **options) -> MAML:
-    torch.manual_seed(seed)
-    options.setdefault("n_way", 3)  # the tasks below are 3-way; the default (learned) head has n_way outputs
-    spec = ModelSpec(("image",), IMAGE, shape, backbone_options={"hidden": hidden, "strided": True})
-    cls = LEARNERS.get(name)
-    return cls(spec, cls.Config(**options)).to(dtype)
-
-
-def tasks(n_tasks: int, shape=(1, 8, 8), way: int = 3, shot: int = 2, query: int = 2, dtype=torch.float64,
-          seed: int = 1) -> list[Episode]:
-    g = torch.Generator().manual_seed(seed)
-    return [Episode(support={"image": torch.randn(way * shot, *shape, generator=g, dtype=dtype)},
-                    support_labels=torch.arange(way).repeat_interleave(shot),
-                    query={"image": torch.randn(way * query, *shape, generator=g, dtype=dtype)},
-                    query_labels=torch.arange(way).repeat_interleave(query), class_ids=torch.arange(way))
-            for _ in range(n_tasks)]
-
+from tests.conftest import make, tasks
 
 def grads(learner: MAML, batch) -> list[torch.Tensor]:
     learner.zero_grad(set_to_none=True)

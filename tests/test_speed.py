@@ -22,8 +22,7 @@ from learners.text import BagOfWords
 from tasks.datasets.shapes import generate
 from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
 from tasks.sampler import EpisodeManifest
-from tests.test_cli import TINY, only_run_dir, run_cli
-from tests.test_maml import make, tasks
+from tests.conftest import TINY, make, only_run_dir, run_cli, tasks
 
 IMAGE = TaskSetting(("image",), ("image",))
 

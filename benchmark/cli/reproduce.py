@@ -41,7 +41,8 @@ class Reproduce(Subcommand):
             return 0
         protocol = reproduce.load_protocol(args.name, results_dir=results)
         if args.test_episodes is not None and not args.eval_only:
-            raise BenchmarkError("--test-episodes only applies with --eval-only (training uses the protocol's manifest)")
+            raise BenchmarkError("--test-episodes only applies with --eval-only "
+                                 "(training uses the protocol's manifest)")
         if args.eval_only:
             commit = reproduce_eval.tree_commit()  # the code that evaluates, not what the tree holds afterwards
             outcomes = reproduce_eval.evaluate_checkpoint(protocol, args.data_root, args.out or "runs/reproduce",

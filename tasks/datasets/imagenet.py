@@ -46,8 +46,6 @@ def _wordnet_classes(wnids: list[str]) -> tuple[list[str], list[str]]:
 class MiniImageNet:
     """miniImageNet (Vinyals et al. 2016, Ravi & Larochelle split): 64/16/20 classes, 84x84 RGB, WordNet class text."""
 
-    text_kinds = ("class",)
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, image_size: int = 84,
              resample: str = "lanczos", max_per_class: int | None = None,

@@ -54,8 +54,6 @@ def _load_pickle(path: Path):
 class TieredImageNet:
     """tieredImageNet (Ren et al. 2018): 351/97/160 classes from 20/6/8 super-categories, 84x84 RGB, WordNet text."""
 
-    text_kinds = ("class",)
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, image_size: int = 84,
              resample: str = "lanczos", super_text: bool = True) -> FewShotDataset:
