@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="regenerate summary and paired-comparison tables from run folders")
     table.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl)")
     table.add_argument("--baseline", default="image", help="modality setting compared against (default: image)")
-    table.add_argument("--out", help="folder for comparison.csv/md (default: the first run folder)")
+    table.add_argument("--out", help="folder for the tables, created if missing (default: the run folder; "
+                                     "required with several runs)")
+    table.add_argument("--metric", default="accuracy", help="metric of the comparison tables: accuracy "
+                                                              "(default), nll, ece (see benchmark/metrics.py)")
 
     rep = sub.add_parser("reproduce", help="reproduce a published number (protocols in benchmark/configs)",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=REPRODUCE_EXAMPLES)
@@ -172,21 +175,9 @@ def _deep_update(base: dict, update: dict) -> dict:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from benchmark.results import format_table, write_comparison, write_summary
+    from benchmark.tablewrite import print_tables
 
-    dirs = [Path(d) for d in args.run_dirs]
-    for d in dirs:
-        if not (d / "rows.jsonl").exists():
-            raise BenchmarkError(f"{d} holds no rows.jsonl: give run folders written by `run_benchmark.py run`")
-        print(format_table(write_summary(d)))
-    comparison = write_comparison(dirs, Path(args.out) if args.out else dirs[0], args.baseline)
-    if comparison.empty:
-        print(f"(no {args.baseline}-only method to compare against)")
-    else:
-        print("\npaired differences vs " + args.baseline + " (percentage points, same episodes):")
-        print(comparison[["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "difference",
-                          "difference_ci95", "p_value"]].to_string(index=False))
-    return 0
+    return print_tables([Path(d) for d in args.run_dirs], args.out, args.baseline, args.metric)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -204,8 +195,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.results import format_table
     from benchmark.runner import Benchmark
+    from benchmark.tablewrite import format_table
 
     start = time.perf_counter()
     if args.deterministic:

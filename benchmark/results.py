@@ -27,11 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.stats import mean_ci95
 from tasks.errors import BenchmarkError
-
-SUMMARY_KEYS = ["learner", "fusion", "modalities", "setting", "dataset", "n_way", "n_shot", "n_query"]
-
 
 def write_error(path: Path, err: OSError) -> BenchmarkError:
     """A user-facing error for a failed write (full disk, read-only or unwritable folder)."""
@@ -107,54 +103,6 @@ def read_rows(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize(rows: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Mean and 95% CI (in percent) per method and protocol, from per-episode rows."""
-    columns = SUMMARY_KEYS + ["n_episodes", "accuracy", "ci95", "manifest_sha256"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    rows = rows[rows["metric"] == metric]
-    out = []
-    for key, group in rows.groupby(SUMMARY_KEYS, sort=False, dropna=False):
-        mean, ci = mean_ci95(group["value"].to_numpy())
-        out.append(dict(zip(SUMMARY_KEYS, key), n_episodes=len(group), accuracy=round(100 * mean, 2),
-                        ci95=round(100 * ci, 2), manifest_sha256=group["manifest_sha256"].iloc[0]))
-    return pd.DataFrame(out, columns=columns)
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub markdown table (no optional dependency needed)."""
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.2f}"  # p-values stay readable
-    return str(value)
-
-
-def write_summary(run_dir: Path) -> pd.DataFrame:
-    """Regenerate ``summary.csv`` and ``summary.md`` from ``rows.jsonl``."""
-    table = summarize(read_rows(run_dir / "rows.jsonl"))
-    atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False))
-    shown = table.drop(columns=["manifest_sha256"])
-    atomic_write_text(run_dir / "summary.md", to_markdown(shown))
-    return table
-
-
-def format_table(table: pd.DataFrame) -> str:
-    """The one-screen summary printed at the end of a run."""
-    if table.empty:
-        return "(no results)"
-    shown = table[["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "ci95"]].copy()
-    shown["accuracy"] = [f"{a:6.2f} ± {c:.2f}" for a, c in zip(table["accuracy"], table["ci95"])]
-    shown = shown.drop(columns=["ci95"]).rename(columns={"accuracy": "accuracy % (95% CI)"})
-    return shown.to_string(index=False)
-
-
 def jsonable(value):
     """Convert numpy scalars and arrays for ``json.dumps``."""
     if isinstance(value, np.generic):
@@ -162,75 +110,3 @@ def jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def compare_to_baseline(rows: pd.DataFrame, baseline: str = "image") -> pd.DataFrame:
-    """Paired comparison of every method against the same learner's ``baseline`` modality setting.
-
-    Pairs are per episode of one manifest (same ``manifest_sha256``), so the test
-    is a paired t-test on per-episode accuracy differences. Accuracies, the
-    mean difference and its 95% CI are in percent.
-    """
-    from benchmark.stats import paired_test
-
-    columns = ["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "ci95", "baseline",
-               "baseline_accuracy", "difference", "difference_ci95", "p_value", "n_episodes"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    acc = rows[rows["metric"] == "accuracy"]
-    out = []
-    for (learner, sha), group in acc.groupby(["learner", "manifest_sha256"], sort=False):
-        base = group[(group["modalities"] == baseline) & (group["fusion"] == "none")]
-        if base.empty:
-            continue
-        base_values = base.sort_values("episode")["value"].to_numpy()
-        for (fusion, modalities), method in group.groupby(["fusion", "modalities"], sort=False):
-            if modalities == baseline and fusion == "none":
-                continue
-            values = method.sort_values("episode")["value"].to_numpy()
-            if len(values) != len(base_values):
-                continue
-            test = paired_test(values, base_values)
-            mean, ci = mean_ci95(values)
-            first = method.iloc[0]
-            out.append({
-                "learner": learner, "fusion": fusion, "modalities": modalities, "n_way": int(first["n_way"]),
-                "n_shot": int(first["n_shot"]), "accuracy": round(100 * mean, 2), "ci95": round(100 * ci, 2),
-                "baseline": f"{learner}[{baseline}]", "baseline_accuracy": round(100 * float(base_values.mean()), 2),
-                "difference": round(100 * test.mean_difference, 2), "difference_ci95": round(100 * test.ci95, 2),
-                "p_value": float(f"{test.p_value:.3g}"), "n_episodes": test.n,
-            })
-    return pd.DataFrame(out, columns=columns)
-
-
-def wide_comparison(summary: pd.DataFrame, comparison: pd.DataFrame, baseline: str = "image") -> pd.DataFrame:
-    """One row per method, one column pair per (way, shot): accuracy ± CI and the paired difference
-    ("-" where the learner has no ``baseline`` result to pair with)."""
-    out = []
-    for (learner, fusion, modalities), group in summary.groupby(["learner", "fusion", "modalities"], sort=False):
-        row = {"learner": learner, "method": modalities if fusion == "none" else f"{modalities} / {fusion}"}
-        for _, r in group.sort_values(["n_way", "n_shot"]).iterrows():
-            key = f"{r['n_way']}w{r['n_shot']}s"
-            row[f"{key} accuracy"] = f"{r['accuracy']:.2f} ± {r['ci95']:.2f}"
-            match = comparison[(comparison["learner"] == learner) & (comparison["fusion"] == fusion)
-                               & (comparison["modalities"] == modalities) & (comparison["n_way"] == r["n_way"])
-                               & (comparison["n_shot"] == r["n_shot"])]
-            if not match.empty:
-                row[f"{key} vs baseline"] = (f"{match['difference'].iloc[0]:+.2f} ± "
-                                             f"{match['difference_ci95'].iloc[0]:.2f} (p={match['p_value'].iloc[0]:.1e})")
-            else:
-                row[f"{key} vs baseline"] = "(baseline)" if (modalities, fusion) == (baseline, "none") else "-"
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def write_comparison(run_dirs: list[Path], out_dir: Path, baseline: str = "image") -> pd.DataFrame:
-    """Write paired tests vs ``baseline`` into ``out_dir``: ``comparison.csv``/``.md`` (long) and
-    ``comparison_wide.md`` (one row per method)."""
-    rows = pd.concat([read_rows(Path(d) / "rows.jsonl") for d in run_dirs], ignore_index=True)
-    table = compare_to_baseline(rows, baseline)
-    if not table.empty:
-        atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
-        atomic_write_text(out_dir / "comparison.md", to_markdown(table))
-        atomic_write_text(out_dir / "comparison_wide.md", to_markdown(wide_comparison(summarize(rows), table, baseline)))
-    return table

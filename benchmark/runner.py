@@ -20,9 +20,12 @@ from benchmark.config import ExperimentConfig, component_config, to_dict, train_
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, expand_methods
 from benchmark.provenance import git_commit, package_versions, peak_memory_mb, resolve_device
-from benchmark.results import (append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows,
-                               write_comparison, write_summary)
+from benchmark.metrics import SCHEMA_VERSION
+from benchmark.results import append_rows, atomic_write_bytes, atomic_write_text, jsonable, read_rows
+from benchmark.tables import method_setting
+from benchmark.tablewrite import write_summary, write_tables
 from benchmark.runtime import keep_freed_memory
+from benchmark.trainlog import TrainLog
 from benchmark.training import meta_train
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from tasks.datasets import FewShotDataset, load_dataset
@@ -209,7 +212,8 @@ class Benchmark:
         return meta_train(learner, method, train_config(self.cfg, method.learner),
                           lambda: self._loader(self.setting, learner), self.samplers[method.learner],
                           self.val_manifest, self.device, self.seeds["train_episodes"],
-                          self.train_checkpoint(method), self.resume)
+                          self.train_checkpoint(method), self.resume,
+                          TrainLog(self.run_dir / "train_log" / f"{method.slug}.csv"))
 
     def train_checkpoint(self, method: Method) -> Path:
         """Where the resumable training state of ``method`` is kept while it trains."""
@@ -235,7 +239,8 @@ class Benchmark:
             metrics = evaluate(learner, loader, manifest, self.device, progress=f"test {method.label} {way}w{shot}s")
             common = {
                 "run_id": self.run_id, "learner": method.learner, "fusion": method.fusion or "none",
-                "modalities": "+".join(method.modalities), "setting": self.setting.describe(),
+                "modalities": "+".join(method.modalities), "schema_version": SCHEMA_VERSION,
+                "setting": method_setting(self.setting.support, self.setting.query, method.modalities),
                 "dataset": self.cfg.dataset, "n_way": way, "n_shot": shot, "n_query": manifest.n_query,
                 "seed": self.cfg.seed, "manifest_sha256": manifest.sha256,
             }
@@ -250,7 +255,7 @@ class Benchmark:
     # -- the whole run ------------------------------------------------------------------------
     def _write_run_json(self, status: str, start: float) -> None:
         record = {
-            "run_id": self.run_id, "status": status, "config": to_dict(self.cfg), "seeds": self.seeds,
+            "schema_version": SCHEMA_VERSION, "run_id": self.run_id, "status": status, "config": to_dict(self.cfg), "seeds": self.seeds,
             "setting": dataclasses.asdict(self.setting),
             "dataset": {"name": self.cfg.dataset, "fingerprint": getattr(self, "dataset", None)
                         and self.dataset.fingerprint(), "image_shape": getattr(self, "dataset", None)
@@ -281,7 +286,7 @@ class Benchmark:
 
     def _set_aside_previous(self) -> None:
         """``--no-resume``: move earlier results and checkpoints of this run to ``replaced-<time>/``."""
-        names = [n for n in ("rows.jsonl", "summary.csv", "summary.md", "run.json", "checkpoints")
+        names = [n for n in ("rows.jsonl", "summary.csv", "summary.md", "run.json", "checkpoints", "train_log")
                  if (self.run_dir / n).exists()]
         if not names:
             return
@@ -334,7 +339,7 @@ class Benchmark:
             self._write_run_json_quietly("failed", start)
             raise
         table = write_summary(self.run_dir)
-        write_comparison([self.run_dir], self.run_dir)
+        write_tables([self.run_dir], self.run_dir)
         self._write_run_json("finished", start)
         return table
 

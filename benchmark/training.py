@@ -17,6 +17,7 @@ from benchmark.config import TrainConfig
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method
 from benchmark.runtime import check_compile_backend
+from benchmark.trainlog import TrainLog
 from learners import Learner
 from tasks.episode import EpisodeLoader
 from tasks.errors import BenchmarkError
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: Callable[[], EpisodeLoader],
                sampler: EpisodeSampler, val_manifest: EpisodeManifest | None, device: torch.device, seed: int,
-               path: Path, resume: bool) -> dict:
+               path: Path, resume: bool, train_log: TrainLog | None = None) -> dict:
     """Episodic meta-training with validation-based model selection; keeps the best state.
 
     With ``cfg.val_every == 0`` there is no validation (e.g. training on train + val classes, as
@@ -44,6 +45,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             when ``cfg.val_every == 0``).
         seed: of the training-episode generator.
         path: the training checkpoint; resume: continue from it if it exists.
+        train_log: the per-step log (:class:`benchmark.trainlog.TrainLog`), continued on resume.
 
     Raises:
         BenchmarkError: a non-finite loss (names the step, the learner and the last finite
@@ -73,6 +75,8 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             log.warning("%s: train.compile=%s is ignored: this learner trains eagerly (inner-loop gradients "
                         "or no image backbone)", method.label, cfg.compile)
     kill_at = _test_kill_step(method)
+    if train_log is not None:
+        train_log.start(first - 1)
     bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
     for step in bar:
         learner.train()
@@ -86,7 +90,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                 f"{method.label}: the training loss became {loss.item()} at step {step} (last finite loss "
                 f"{'none' if last_loss is None else f'{last_loss:.6g}'}); {kept}. "
                 "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)")
-        last_loss = float(loss.item())
+        last_loss, lr = float(loss.item()), optimiser.param_groups[0]["lr"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -94,13 +98,17 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
         optimiser.step()
         if scheduler is not None:
             scheduler.step()
+        validation = None
         if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.episodes):
-            val = float(evaluate(learner, loader, val_manifest, device)["accuracy"].mean())
+            validation = {k: float(v.mean()) for k, v in evaluate(learner, loader, val_manifest, device).items()}
+            val = validation["accuracy"]
             history["val"].append({"step": step, "loss": last_loss, "val_accuracy": val})
             bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{100 * val:.1f}")
             if val > best:
                 best, best_state = val, copy.deepcopy(learner.state_dict())
                 history.update(best_step=step, best_val_accuracy=val)
+        if train_log is not None:
+            train_log.write(step, last_loss, lr, validation)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes:
             save_checkpoint(path, {
                 "method": method.slug, "step": step, "model": learner.state_dict(),
