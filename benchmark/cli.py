@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-episodes", type=int, help="meta-training steps per method")
     run.add_argument("--test-episodes", type=int, help="episodes per test manifest (default 600)")
     run.add_argument("--seed", type=int, help="seed for episodes and initialisation (default 0)")
+    run.add_argument("--seeds", help="run each of these seeds in turn (e.g. 0,1,2 or 0-4; finished seeds are skipped "
+                                     "on a rerun) and write tables over them: mean over seeds with the across-seed "
+                                     "95%% CI, paired comparisons per seed and combined")
     run.add_argument("--out", help="output directory; each run writes a subfolder (default: runs)")
     run.add_argument("--device", help="cpu, cuda, cuda:N")
     run.add_argument("--threads", type=int, help="torch CPU threads")
@@ -98,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "required with several runs)")
     table.add_argument("--metric", default="accuracy", help="metric of the comparison tables: accuracy "
                                                               "(default), nll, ece (see benchmark/metrics.py)")
+
+    from benchmark.report.command import add_arguments as report_arguments
+
+    report_arguments(sub.add_parser("report", help="figures, an offline HTML page, LaTeX and CSV tables from run "
+                                                   "folders", formatter_class=argparse.RawDescriptionHelpFormatter))
 
     rep = sub.add_parser("reproduce", help="reproduce a published number (protocols in benchmark/configs)",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=REPRODUCE_EXAMPLES)
@@ -204,6 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("--deterministic: deterministic kernels only. The cost is speed on GPU (cuDNN autotuning off, "
                  "slower deterministic kernels; not yet measured for this suite: compare `perf --device cuda` "
                  "with and without) and an error naming any operation that has no deterministic kernel")
+    if args.seeds is not None:
+        return _run_seeds(args)
     bench = Benchmark(config_from_args(args), resume=args.resume)
     log.info("run %s: %d methods, writing to %s", bench.run_id, len(bench.methods), bench.run_dir)
     if bench.cfg.note:
@@ -216,6 +226,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_table(table))
     print(f"\nresults: {bench.run_dir}/summary.md  (rows.jsonl, run.json)  "
           f"wall time {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    from benchmark.seeds import parse_seeds, run_seeds
+    from benchmark.tablewrite import wide_text
+
+    if args.seed is not None:
+        raise BenchmarkError("give --seed or --seeds, not both")
+    seeds = parse_seeds(args.seeds)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        run_dirs, tables, out = run_seeds(config_from_args(args), seeds, resume=args.resume)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(wide_text(tables.wide, tables.metric, tables.baseline).to_string(index=False))
+    print(f"\nruns: {', '.join(d.name for d in run_dirs)}; tables over seeds {args.seeds}: {out}/comparison_wide.md")
     return 0
 
 
@@ -277,7 +304,7 @@ def load_plugins(modules: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = {"run", "ls", "table", "perf", "reproduce"}
+    commands = {"run", "ls", "table", "perf", "reproduce", "report"}
     first = next((i for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--plugin"]), None)
     if first is None or argv[first] not in commands:
         if not any(a in ("-h", "--help") for a in argv[:1]):
@@ -292,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_ls(args)
         if args.command == "table":
             return cmd_table(args)
+        if args.command == "report":
+            from benchmark.report.command import main_from_args
+
+            return main_from_args(args)
         if args.command == "perf":
             from benchmark.perf.suite import main_from_args
 
