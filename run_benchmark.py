@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Entry point: ``python run_benchmark.py --help``. All logic lives in :mod:`benchmark.cli`."""
+"""Entry point: ``python run_benchmark.py --help``. All logic lives in the package :mod:`benchmark.cli`."""
 import sys
 
 from benchmark.cli import main

@@ -8,7 +8,7 @@ from benchmark.config import ExperimentConfig
 from learners import LEARNERS, TEXT_ENCODERS
 from learners.registry import BACKBONES, FUSIONS
 from tasks.datasets import DATASETS
-from tasks.episode import parse_modalities
+from tasks.episode import TaskSetting, parse_modalities
 from tasks.errors import BenchmarkError, UnsupportedSetting
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,13 @@ class Method:
 
     @property
     def slug(self) -> str:
+        """The method's name in files: ``learner-modalities-fusion`` (``none`` without a fusion)."""
         return f"{self.learner}-{'+'.join(self.modalities)}-{self.fusion or 'none'}"
+
+    @classmethod
+    def from_row(cls, learner: str, modalities: str, fusion: str) -> Method:
+        """The method of a row of ``rows.jsonl`` (``modalities`` joined by ``+``, fusion ``"none"``)."""
+        return cls(learner, tuple(modalities.split("+")), None if fusion == "none" else fusion)
 
 
 def parse_method(text: str) -> Method:
@@ -80,3 +86,33 @@ def check_names(cfg: ExperimentConfig) -> None:
         FUSIONS.get(name)
     for name in cfg.learner_options:
         LEARNERS.get(name)
+
+
+def fit_to_captions(methods: list[Method], setting: TaskSetting, dataset, name: str) -> tuple[list[Method], TaskSetting]:
+    """Without captions, items show images only: drop item text from the task and skip text methods.
+
+    Args:
+        dataset: the loaded :class:`~tasks.datasets.FewShotDataset`; name: its registry name (for messages).
+
+    Returns:
+        The methods that can run and the task setting.
+
+    Raises:
+        UnsupportedSetting: every method needs item text the dataset does not have.
+    """
+    if dataset.captions is not None:
+        return methods, setting
+    if "text" in setting.support or "text" in setting.query:
+        log.info("dataset %r has no instance-level text: episodes show images only (class text stays "
+                 "available to learners such as am3)", name)
+        setting = TaskSetting(("image",), ("image",))
+    kept = [m for m in methods if "text" not in m.modalities]
+    for method in methods:
+        if method not in kept:
+            log.warning("skipping %s: dataset %r has no captions for the item text it needs", method.label, name)
+    if not kept:
+        raise UnsupportedSetting(
+            f"dataset {name!r} has no instance-level text, and every requested method needs it; "
+            "use --modalities image (with a class-text learner such as am3 for image+class text)"
+        )
+    return kept, setting

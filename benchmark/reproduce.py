@@ -34,7 +34,8 @@ import torch
 
 from benchmark.config import ExperimentConfig, load_yaml, merge
 from benchmark.evaluate import evaluate
-from benchmark.results import atomic_write_text, read_rows, to_markdown
+from benchmark.results import atomic_write_text, read_rows
+from benchmark.tablewrite import to_markdown
 from benchmark.stats import mean_ci95
 from tasks.errors import BenchmarkError, suggest
 
@@ -242,7 +243,7 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str = "r
     if threads:
         torch.set_num_threads(threads)
     bench = Benchmark(_with_runtime(protocol, data_root, out, threads, device))
-    bench._load_data()
+    bench.prepare()
     method = _method(bench)
     learner = bench.build_learner(method)
     learner.load_state_dict(torch.load(checkpoint, map_location=bench.device, weights_only=True))
@@ -257,7 +258,7 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str = "r
     if not full:
         manifest = dataclasses.replace(manifest, episodes=manifest.episodes[:test_episodes])
     start = time.perf_counter()
-    metrics = evaluate(learner, bench._loader(bench.setting, learner), manifest, bench.device,
+    metrics = evaluate(learner, bench.episode_loader(learner), manifest, bench.device,
                        progress=f"eval {protocol.name}")
     return Outcome(protocol, metrics["accuracy"], bench.test_manifests[protocol.way_shot][0].sha256,
                    bench.dataset.fingerprint(), ref, full, time.perf_counter() - start)

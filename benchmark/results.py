@@ -6,6 +6,8 @@ Layout of one run directory::
     <out>/<run_id>/run.json        resolved config, seeds, manifest hashes, versions, timings
     <out>/<run_id>/summary.csv     generated from rows.jsonl, never edited by hand
     <out>/<run_id>/summary.md
+    <out>/<run_id>/comparison*.csv/.md  paired tables (benchmark.tablewrite)
+    <out>/<run_id>/train_log/      per-step training log of each method (<slug>.csv, benchmark.trainlog)
     <out>/<run_id>/checkpoints/    best model of each method (<slug>.pt) and, while a method
                                    trains, its resumable training state (<slug>.train.pt)
     <out>/<run_id>/.lock           held (flock) by the process writing the run folder
@@ -19,14 +21,16 @@ and leaves the previous contents in place.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
-import os
+import platform
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tasks import atomic
 from tasks.errors import BenchmarkError
 
 def write_error(path: Path, err: OSError) -> BenchmarkError:
@@ -41,25 +45,15 @@ def write_error(path: Path, err: OSError) -> BenchmarkError:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+    """Write ``data`` to ``path`` atomically (:func:`tasks.atomic.atomic_write`).
 
     Raises:
         BenchmarkError: the write failed (e.g. ``ENOSPC``); ``path`` keeps its previous contents.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.atomic_write_bytes(path, data)
     except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise write_error(path, err) from None
+        raise write_error(Path(path), err) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -103,6 +97,30 @@ def read_rows(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def episode_rows(run_id: str, method, setting, cfg, manifest, metrics: dict[str, list[float]]) -> list[dict]:
+    """The rows of ``rows.jsonl`` for one method on one test manifest: one per episode and metric, each
+    keyed by the setting the method was tested in (see :func:`benchmark.tables.method_setting`).
+
+    Args:
+        method: a :class:`~benchmark.methods.Method`; setting: the run's
+            :class:`~tasks.episode.TaskSetting`; cfg: the :class:`~benchmark.config.ExperimentConfig`.
+        manifest: the :class:`~tasks.sampler.EpisodeManifest` evaluated on.
+        metrics: metric name -> per-episode values (``len(manifest.episodes)`` each).
+    """
+    from benchmark.metrics import SCHEMA_VERSION
+    from benchmark.tables import method_setting
+
+    common = {
+        "run_id": run_id, "learner": method.learner, "fusion": method.fusion or "none",
+        "modalities": "+".join(method.modalities), "schema_version": SCHEMA_VERSION,
+        "setting": method_setting(setting.support, setting.query, method.modalities),
+        "dataset": cfg.dataset, "n_way": manifest.n_way, "n_shot": manifest.n_shot, "n_query": manifest.n_query,
+        "seed": cfg.seed, "manifest_sha256": manifest.sha256,
+    }
+    return [{**common, "episode": i, "metric": name, "value": float(v)}
+            for name, values in metrics.items() for i, v in enumerate(values)]
+
+
 def jsonable(value):
     """Convert numpy scalars and arrays for ``json.dumps``."""
     if isinstance(value, np.generic):
@@ -110,3 +128,42 @@ def jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run_record(bench, status: str, wall_time_s: float) -> dict:
+    """The provenance record ``run.json`` of a :class:`~benchmark.runner.Benchmark`: resolved config,
+    seeds, data fingerprint, manifest hashes, per-method records, versions, device and timings."""
+    import torch
+
+    from benchmark.config import to_dict
+    from benchmark.provenance import git_commit, package_versions, peak_memory_mb
+
+    from benchmark.metrics import SCHEMA_VERSION
+
+    data = bench.dataset
+    return {
+        "schema_version": SCHEMA_VERSION, "run_id": bench.run_id, "status": status, "config": to_dict(bench.cfg), "seeds": bench.seeds,
+        "setting": dataclasses.asdict(bench.setting),
+        "dataset": {"name": bench.cfg.dataset, "fingerprint": data and data.fingerprint(),
+                    "image_shape": data and list(data.image_shape)},
+        "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)} for (w, s), (m, p) in bench.test_manifests.items()},
+        "val_manifest_sha256": bench.val_manifest and bench.val_manifest.sha256,
+        "methods": bench.method_records, "skipped": bench.skipped, "git_commit": git_commit(),
+        "packages": package_versions(), "device": str(bench.device), "torch_threads": torch.get_num_threads(),
+        "allocator": bench.allocator, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "host": platform.node(), "platform": platform.platform(), "wall_time_s": round(wall_time_s, 2),
+        "peak_memory_mb": round(peak_memory_mb(bench.device), 1),
+    }
+
+
+def write_run_record(run_dir: Path, record: dict) -> None:
+    """Write ``run.json`` atomically."""
+    atomic_write_text(Path(run_dir) / "run.json", json.dumps(record, indent=2, default=jsonable))
+
+
+def previous_method_records(run_dir: Path) -> dict[str, dict]:
+    """The per-method records of an earlier, unfinished run in ``run_dir`` (empty if none or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("methods", {})
+    except (OSError, ValueError):
+        return {}

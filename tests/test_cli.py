@@ -38,7 +38,7 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
     run_dir = only_run_dir(tmp_path)
     summary = pd.read_csv(run_dir / "summary.csv")
     for column in ["learner", "fusion", "modalities", "dataset", "n_way", "n_shot", "n_query", "n_episodes",
-                   "accuracy", "ci95"]:
+                   "accuracy", "accuracy_ci95", "nll", "ece"]:
         assert column in summary.columns
     # the default suite (benchmark/configs/default.yaml) at 1 and 5 shots
     methods = set(zip(summary["learner"], summary["modalities"], summary["fusion"]))
@@ -175,3 +175,40 @@ def test_training_without_validation_keeps_the_last_step(tmp_path, capsys):
     assert record["val_manifest_sha256"] is None
     assert method["val"] == [] and method["best_step"] == 3
     assert not any(p.name.startswith("shapes-val") for p in (tmp_path / "manifests").iterdir())
+
+
+def test_cli_package_subcommands_and_entry_points(capsys):
+    """`python -m benchmark` works; abbreviations are refused; --debug/--plugin go before or after the
+    subcommand; perf's suite is imported only when `perf` is parsed; a new subcommand is one list entry."""
+    env_code = "import sys; from benchmark.cli import main; main(['ls', 'fusions', 'con*']); " \
+               "print(sorted(m for m in sys.modules if m.startswith('benchmark.perf')))"
+    result = subprocess.run([sys.executable, "-c", env_code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "concat" in result.stdout and result.stdout.strip().endswith("[]")
+    module = subprocess.run([sys.executable, "-m", "benchmark", "ls", "learners", "proto*", "--debug"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert module.returncode == 0 and module.stdout.startswith("protonet"), module.stderr
+    for argv in (["--learn", "protonet"], ["run", "--learn", "protonet"], ["ls", "learners", "--deb"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "unrecognized arguments: --" in capsys.readouterr().err
+
+    from benchmark import cli
+    from benchmark.cli.base import Subcommand
+
+    class Hello(Subcommand):
+        name, help = "hello", "say hello"
+
+        def add_arguments(self, parser):
+            parser.add_argument("--who", default="world")
+
+        def run(self, args):
+            print(f"hello {args.who}")
+            return 0
+
+    cli.COMMANDS.append(Hello())
+    try:
+        assert main(["hello", "--who", "you"]) == 0 and capsys.readouterr().out == "hello you\n"
+    finally:
+        cli.COMMANDS.pop()

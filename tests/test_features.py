@@ -81,7 +81,7 @@ def test_changed_weights_or_preprocessing_or_data_invalidate(small, monkeypatch)
     assert len(calls) == 4
 
 
-def test_harness_feeds_cached_features_to_a_frozen_backbone(tiny_dataset, tmp_path, monkeypatch):
+def test_harness_feeds_cached_features_to_a_frozen_backbone(tiny_dataset, tmp_path):
     from benchmark.config import ExperimentConfig, merge
     from benchmark.runner import Benchmark
 
@@ -91,15 +91,12 @@ def test_harness_feeds_cached_features_to_a_frozen_backbone(tiny_dataset, tmp_pa
         "train": {"episodes": 0}, "eval": {"ways": [5], "shots": [1], "episodes": 3,
                                            "support_modalities": "image", "query_modalities": "image"},
     }, "test")
-    bench = Benchmark(cfg)
-    monkeypatch.setattr(bench, "_load_data", lambda: None)
-    bench.dataset = tiny_dataset
-    bench._text = {"factory": lambda: None, "item": None, "class": None}
+    bench = Benchmark(cfg).prepare(dataset=tiny_dataset)
     learner = bench.build_learner(bench.methods[0])
-    loader = bench._loader(bench.setting, learner)
+    loader = bench.episode_loader(learner)
     assert loader.image_features is not None and loader.image_features.shape == (len(tiny_dataset.labels), 512)
     image = loader.side(torch.tensor([0, 1]), ("image",))["image"]
     assert image.shape == (2, 512)
     conv = merge(cfg, {"backbone": "conv4", "backbone_options": {"hidden": 8}}, "test")
     bench.cfg = conv
-    assert bench._loader(bench.setting, bench.build_learner(bench.methods[0])).image_features is None
+    assert bench.episode_loader(bench.build_learner(bench.methods[0])).image_features is None

@@ -165,7 +165,7 @@ def test_checkpoint_from_another_architecture(tmp_path, capsys):
     wide = Benchmark(config_from_args(build_parser().parse_args(
         tiny_args(tmp_path.parent / f"{tmp_path.name}-wide", "--learners", "protonet", "--modalities", "image",
                   "--set", "backbone_options.hidden=16"))))
-    wide._load_data()
+    wide.prepare()
     model = wide.build_learner(wide.methods[0]).state_dict()
     path = bench.train_checkpoint(bench.methods[0])
     path.parent.mkdir(parents=True)
