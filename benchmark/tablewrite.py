@@ -140,11 +140,13 @@ def write_summary(run_dir: Path) -> pd.DataFrame:
 def compute_tables(run_dirs: list[Path], baseline: str = "image", metric: str = "accuracy") -> Tables:
     """Every table over ``run_dirs`` (see the module docstring), not written anywhere."""
     rows = load_rows(run_dirs)
-    if not rows.empty and metric not in set(rows["metric"]):
+    if rows.empty:
+        raise BenchmarkError(f"no results yet in {', '.join(map(str, run_dirs))}: no method has finished")
+    if metric not in set(rows["metric"]):
         raise BenchmarkError(f"metric {metric!r} is not in these runs; they have {sorted(set(rows['metric']))}")
     summary = summarize(rows)
-    seeds = over_seeds(summary) if not summary.empty else pd.DataFrame(columns=["metric"])
-    comparison = compare(rows, baseline, metric) if not rows.empty else pd.DataFrame()
+    seeds = over_seeds(summary)
+    comparison = compare(rows, baseline, metric)
     return Tables(summary, seeds, comparison, wide_numbers(seeds, comparison, metric), metric, baseline)
 
 
@@ -182,23 +184,3 @@ def format_table(summary: pd.DataFrame, metric: str = "accuracy") -> str:
     return table.to_string(index=False)
 
 
-
-def print_tables(run_dirs: list[Path], out: str | None, baseline: str = "image", metric: str = "accuracy") -> int:
-    """The ``table`` command: regenerate each run's summary, write the tables into ``out`` and print them."""
-    if len(run_dirs) > 1 and not out:
-        raise BenchmarkError("a table over several runs needs --out DIR (a folder of its own, so that no run's "
-                             "own comparison files are replaced)")
-    for run_dir in run_dirs:
-        load_rows([run_dir])  # names a folder without rows.jsonl before anything is written
-    for run_dir in run_dirs:
-        print(f"{run_dir}:\n{format_table(write_summary(run_dir), metric)}\n")
-    out_dir = Path(out) if out else run_dirs[0]
-    tables = write_tables(run_dirs, out_dir, baseline, metric)
-    if tables.comparison.empty:
-        print(f"(no {baseline}-only method to compare against)")
-    else:
-        print(f"{metric} and paired differences vs {baseline} (same episodes; over seeds where given):")
-        print(wide_text(tables.wide, metric, baseline).to_string(index=False))
-    print(f"\ntables: {out_dir}/comparison_wide.md (comparison.csv, comparison_wide.csv"
-          f"{', over_seeds.csv' if (out_dir / 'over_seeds.csv').exists() else ''})")
-    return 0

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from benchmark.cli.base import Subcommand
+from tasks.errors import BenchmarkError
 
 
 class Table(Subcommand):
@@ -20,6 +21,23 @@ class Table(Subcommand):
                             help="metric of the comparison tables: accuracy (default), nll, ece (benchmark/metrics.py)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from benchmark.tablewrite import print_tables
+        from benchmark.tables import load_rows
+        from benchmark.tablewrite import format_table, wide_text, write_summary, write_tables
 
-        return print_tables([Path(d) for d in args.run_dirs], args.out, args.baseline, args.metric)
+        run_dirs = [Path(d) for d in args.run_dirs]
+        if len(run_dirs) > 1 and not args.out:
+            raise BenchmarkError("a table over several runs needs --out DIR (a folder of its own, so that no run's "
+                                 "own comparison files are replaced)")
+        for run_dir in run_dirs:
+            load_rows([run_dir])  # names a folder without rows.jsonl before anything is written
+        for run_dir in run_dirs:
+            print(f"{run_dir}:\n{format_table(write_summary(run_dir), args.metric)}\n")
+        out = Path(args.out) if args.out else run_dirs[0]
+        tables = write_tables(run_dirs, out, args.baseline, args.metric)
+        if tables.comparison.empty:
+            print(f"(no {args.baseline}-only method to compare against)")
+        print(f"{args.metric} and paired differences vs {args.baseline} (same episodes; over seeds where given):")
+        print(wide_text(tables.wide, args.metric, args.baseline).to_string(index=False))
+        print(f"\ntables: {out}/comparison_wide.md (comparison.csv, comparison_wide.csv"
+              f"{', over_seeds.csv' if (out / 'over_seeds.csv').exists() else ''})")
+        return 0

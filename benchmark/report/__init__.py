@@ -30,11 +30,12 @@ REPRODUCED = Path(__file__).resolve().parents[2] / "results" / "reproduced.csv"
 def training_curves(run_dirs: list[Path]) -> pd.DataFrame:
     """Per-step training loss and validation accuracy of every method of the runs: from the training
     log (``train_log/<slug>.csv``) where the run has one, else the validation points in ``run.json``
-    (runs written before the training log existed)."""
+    (runs written before the training log existed). A method still training shows its log so far."""
     frames = []
     for run_dir in map(Path, run_dirs):
-        record = read_run_record(run_dir)
-        for slug, method in record.get("methods", {}).items():
+        methods = dict(read_run_record(run_dir).get("methods", {}))
+        methods.update({p.stem: {} for p in sorted((run_dir / "train_log").glob("*.csv")) if p.stem not in methods})
+        for slug, method in methods.items():
             learner, modalities, fusion = slug.rsplit("-", 2)
             path = run_dir / "train_log" / f"{slug}.csv"
             if path.exists():

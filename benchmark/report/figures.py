@@ -84,6 +84,8 @@ def plot_shots(seeds: pd.DataFrame, metric: str, out_dir: Path) -> Path | None:
 def plot_fusion(comparison: pd.DataFrame, metric: str, baseline: str, out_dir: Path) -> Path | None:
     """Paired differences to each learner's ``baseline`` with their 95% CIs, one panel per (way, shot);
     over several seeds the combined difference and its across-seed CI."""
+    from matplotlib.ticker import MaxNLocator
+
     if comparison.empty:
         return None
     multi = comparison[comparison["seed"] == COMBINED]
@@ -102,6 +104,7 @@ def plot_fusion(comparison: pd.DataFrame, metric: str, baseline: str, out_dir: P
         ax.axvline(0, color="grey", lw=1)
         ax.set_yticks(range(len(cell)), cell["label"] if i == 0 else [""] * len(cell), fontsize=8)
         ax.set_title(f"{way}-way {shot}-shot")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.grid(axis="x", alpha=0.3)
     fig.supxlabel(f"paired difference to the same learner's {baseline} result ({_unit(metric)}), 95% CI")
     columns = ["label", "learner", "fusion", "modalities", "setting", "run", "seed", "n_way", "n_shot", metric,
