@@ -135,3 +135,13 @@ def test_metrics_from_logits_and_labels():
 def test_p_values_are_written_readably():
     assert format_p(1.91e-11) == "1.9e-11" and format_p(0.0421) == "0.042" and format_p(0.0) == "<1e-300"
     assert format_p(float("nan")) == "n/a"
+
+
+def test_seed_lists_parse_or_name_the_bad_value():
+    from benchmark.seeds import parse_seeds
+    from tasks.errors import BenchmarkError
+
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("3-5,1,3") == [3, 4, 5, 1]
+    for bad in ("a", "", "-1", "1,,x"):
+        with pytest.raises(BenchmarkError, match="--seeds"):
+            parse_seeds(bad)

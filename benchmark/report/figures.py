@@ -137,6 +137,8 @@ def plot_training(curves: pd.DataFrame, out_dir: Path) -> Path | None:
             val = curve.dropna(subset=["val_accuracy"])
             val_ax.plot(val["step"], 100 * val["val_accuracy"], marker="o", ms=3, color=line.get_color(), label=label)
         loss_ax.set(title=f"{learner}: training loss", xlabel="step", ylabel="loss")
+        if (curves.loc[curves["learner"] == learner, "loss"].dropna() > 0).all():
+            loss_ax.set_yscale("log")  # early losses can be many times the later ones
         val_ax.set(title=f"{learner}: validation accuracy", xlabel="step", ylabel="accuracy (%)")
         for ax in (loss_ax, val_ax):
             ax.grid(alpha=0.3)
