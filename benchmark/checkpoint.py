@@ -77,7 +77,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                     advice: str = "Delete it or use --no-resume to train from scratch") -> None:
     """Check that ``state`` has exactly the keys and shapes of ``module``'s state dict.
 
     Raises:
@@ -98,8 +99,7 @@ def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], so
             details.append(f"{len(unexpected)} unexpected entries (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             details.append(f"{len(shapes)} of other shape (e.g. {'; '.join(shapes[:3])})")
-        raise BenchmarkError(f"{source} was saved from another architecture: {', '.join(details)}. "
-                             "Delete it or use --no-resume to train from scratch")
+        raise BenchmarkError(f"{source} was saved from another architecture: {', '.join(details)}. {advice}")
 
 
 # -- the run-folder lock ------------------------------------------------------------------------
@@ -148,3 +148,50 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# -- self-describing model files ----------------------------------------------------------------
+MODEL_FORMAT = "fewshot-benchmark-model"
+MODEL_VERSION = 1
+
+
+def save_model(path: Path, learner: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Save a trained learner with everything needed to rebuild and feed it (atomically).
+
+    The file is ``{"format", "version", "meta": JSON str, "state_dict"}``: tensors and plain values
+    only, so :func:`read_model` loads it with ``torch.load(weights_only=True)``. ``meta`` is built by
+    :func:`benchmark.savedmodel.describe`.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "meta": json.dumps(meta, sort_keys=True),
+                "state_dict": learner.state_dict()}, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read a model file safely (``weights_only=True``): its state dict and its metadata.
+
+    Returns:
+        ``(state_dict, meta)``; ``meta`` is ``None`` for a bare state dict (older checkpoints).
+
+    Raises:
+        BenchmarkError: a missing or unreadable file, or one that holds no model state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        raise BenchmarkError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]} "
+                             "(only tensors and plain values are loaded: weights_only=True)") from None
+    if isinstance(data, dict) and data.get("format") == MODEL_FORMAT:
+        if data.get("version") != MODEL_VERSION:
+            raise BenchmarkError(f"{path} is a model file of version {data.get('version')}; this code reads "
+                                 f"version {MODEL_VERSION}")
+        return data["state_dict"], json.loads(data["meta"])
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return data, None
+    raise BenchmarkError(f"{path} holds no model state (neither a model file of this suite nor a state dict)")

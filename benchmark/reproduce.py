@@ -8,8 +8,8 @@ published row it reproduces (``reference``, an ``id`` of ``results/leaderboard.c
     python run_benchmark.py reproduce omniglot_protonet_5w1s_short --data-root ../shared/data --eval-only
 
 Training runs the ordinary :class:`~benchmark.runner.Benchmark`; the best model is committed as
-``results/checkpoints/<name>.pt`` (a plain ``state_dict``, loaded with ``weights_only=True``) with
-its per-episode test accuracies (``<name>.episodes.json``), and the row is upserted into
+``results/checkpoints/<name>.pt`` (a model file read with ``weights_only=True``; older ones are bare
+state dicts) with its per-episode test accuracies (``<name>.episodes.json``), and the row is upserted into
 ``results/reproduced.csv``, from which ``results/README.md`` is regenerated (never edit either by
 hand). ``--eval-only`` rebuilds the same fixed test manifest (checked against the recorded sha256)
 and re-evaluates the committed checkpoint; on the full manifest it must give the committed number.
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.checkpoint import read_model
 from benchmark.config import ExperimentConfig, load_yaml, merge
 from benchmark.evaluate import evaluate
 from benchmark.results import atomic_write_text, read_rows
@@ -246,7 +247,7 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str = "r
     bench.prepare()
     method = _method(bench)
     learner = bench.build_learner(method)
-    learner.load_state_dict(torch.load(checkpoint, map_location=bench.device, weights_only=True))
+    learner.load_state_dict(read_model(checkpoint)[0])  # a bare state dict or a self-describing model file
     manifest, _ = bench.test_manifests[protocol.way_shot]
     committed = committed_episodes(protocol, results_dir)
     if committed and committed["manifest_sha256"] != manifest.sha256:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.config import ExperimentConfig, to_dict
+from benchmark.runid import code_identity
 from tasks.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     for key in ("out", "device", "threads", "protocol", "note"):
         data.pop(key)
     data["train"].pop("checkpoint_every")  # where training may resume from, not what it computes
+    # plugin sources and changed learner defaults, only when present: other runs keep their ids
+    data.update(code_identity(list(cfg.learners) + [m.split(":")[0] for m in cfg.methods]))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -3,7 +3,6 @@ evaluate it on fixed test manifests and write rows, summaries and ``run.json``."
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -13,17 +12,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from benchmark.checkpoint import RunLock
+from benchmark.checkpoint import RunLock, save_model
 from benchmark.config import ExperimentConfig, component_config, train_config
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, expand_methods, fit_to_captions
 from benchmark.provenance import resolve_device
-from benchmark.results import (append_rows, atomic_write_bytes, episode_rows, previous_method_records, read_rows,
-                               run_record, write_run_record)
+from benchmark.plugins import LOADED as PLUGINS
+from benchmark.results import (append_rows, episode_rows, previous_method_records, read_rows, run_record,
+                               write_run_record)
 from benchmark.rundir import config_hash, prepare_output, seeds, set_aside_previous
 from benchmark.runtime import keep_freed_memory
 from benchmark.tablewrite import write_summary, write_tables
 from benchmark.trainlog import TrainLog
+from benchmark.savedmodel import describe, text_corpus
 from benchmark.training import meta_train
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
 from tasks.datasets import FewShotDataset, load_dataset
@@ -98,16 +99,19 @@ class Benchmark:
         self.methods, self.setting = fit_to_captions(self.methods, self.setting, self.dataset, cfg.dataset)
         for learner in dict.fromkeys(m.learner for m in self.methods):  # built now: impossible episodes fail early
             train = train_config(cfg, learner)
-            self.samplers[learner] = EpisodeSampler(self.dataset, "train", train.way, train.shot, train.query)
+            keys = tuple(f"train{'_overrides.' + learner if cfg.train_overrides.get(learner) else ''}.{k}"
+                         for k in ("way", "shot", "query"))  # named in the error of an impossible episode
+            self.samplers[learner] = EpisodeSampler(self.dataset, "train", train.way, train.shot, train.query, keys)
         validates = any(train_config(cfg, m.learner).val_every for m in self.methods)
         self.val_manifest = EpisodeManifest.get(
             self.manifest_dir, self.dataset, "val", cfg.train.val_way, cfg.train.val_shot, cfg.train.val_query,
-            cfg.train.val_episodes, self.seeds["manifest"])[0] if validates else None
+            cfg.train.val_episodes, self.seeds["manifest"], ("train.val_way", "train.val_shot", "train.val_query"),
+        )[0] if validates else None
         for way in cfg.eval.ways:
             for shot in cfg.eval.shots:
                 self.test_manifests[(way, shot)] = EpisodeManifest.get(
                     self.manifest_dir, self.dataset, "test", way, shot, cfg.eval.query, cfg.eval.episodes,
-                    self.seeds["manifest"])
+                    self.seeds["manifest"], ("--ways", "--shots", "--queries"))
         self.text = self._prepare_text()
         self._preflight()
         return self
@@ -135,9 +139,7 @@ class Benchmark:
     def _prepare_text(self) -> TextInputs:
         """The text encoder factory and the prepared item and class text, computed once per run."""
         cfg, data = self.cfg, self.dataset
-        train = set(data.split_classes("train").tolist())
-        corpus = [t for t, y in zip(data.captions or [], data.labels) if y in train]
-        corpus += [t for c, t in enumerate(data.class_texts or []) if c in train]
+        corpus = text_corpus(data)
         cls = TEXT_ENCODERS.get(cfg.text_encoder)
         options = dict(cfg.text_encoder_options)
         try:
@@ -233,9 +235,7 @@ class Benchmark:
         learner = self.build_learner(method)
         history = self.train(learner, method)
         checkpoint = self.run_dir / "checkpoints" / f"{method.slug}.pt"
-        buffer = io.BytesIO()
-        torch.save(learner.state_dict(), buffer)
-        atomic_write_bytes(checkpoint, buffer.getvalue())
+        save_model(checkpoint, learner, describe(self.cfg, method, self.dataset, self.setting))  # self-describing
         rows = self.test(learner, method)
         self.method_records[method.slug] = {
             **history, "wall_time_s": round(time.perf_counter() - start, 2), "checkpoint": str(checkpoint),
@@ -280,20 +280,23 @@ class Benchmark:
         except KeyboardInterrupt:
             self._write_run_json_quietly("interrupted", start)
             raise
-        except BaseException:
-            self._write_run_json_quietly("failed", start)
+        except BaseException as err:
+            self._write_run_json_quietly("failed", start, f"{type(err).__name__}: {err}")
             raise
         table = write_summary(self.run_dir)
         write_tables([self.run_dir], self.run_dir)
         self._write_run_json("finished", start)
         return table
 
-    def _write_run_json(self, status: str, start: float) -> None:
-        write_run_record(self.run_dir, run_record(self, status, time.perf_counter() - start))
+    def _write_run_json(self, status: str, start: float, error: str | None = None) -> None:
+        record = {**run_record(self, status, time.perf_counter() - start), "plugins": dict(PLUGINS),  # with sha256
+                  **({"error": error} if error else {})}
+        record["dataset"]["info"] = self.dataset and self.dataset.info  # e.g. the columns and class text used
+        write_run_record(self.run_dir, record)
 
-    def _write_run_json_quietly(self, status: str, start: float) -> None:
-        """Record the status on the way out, without hiding the original error (e.g. a full disk)."""
+    def _write_run_json_quietly(self, status: str, start: float, error: str | None = None) -> None:
+        """Record the status (and the error) on the way out, without hiding the original error (e.g. a full disk)."""
         try:
-            self._write_run_json(status, start)
+            self._write_run_json(status, start, error)
         except BenchmarkError as err:
             log.warning("could not update run.json: %s", err)

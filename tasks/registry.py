@@ -54,7 +54,8 @@ class Registry(Generic[T]):
             raise BenchmarkError(
                 f"unknown {self.kind} {name!r}.{suggest(name, self._entries)} "
                 f"Registered {self.kind}s: {known}. "
-                f"(`python run_benchmark.py ls {self.kind}s` lists them.)"
+                f"(`python run_benchmark.py ls {self.kind}s` lists them; a {self.kind} of your own is registered "
+                "by loading its file with --plugin PATH.py or --plugin MODULE.)"
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:

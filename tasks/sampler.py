@@ -14,6 +14,10 @@ from tasks.episode import EpisodeSpec
 from tasks.errors import BenchmarkError
 
 
+_OTHER_KEYS = (". On a small dataset set all of them: train.way, train.shot, train.query (training), "
+               "train.val_way, train.val_shot, train.val_query (validation), --ways, --shots, --queries (test)")
+
+
 class EpisodeSampler:
     """Draws N-way K-shot Q-query episode specs from one split.
 
@@ -22,15 +26,18 @@ class EpisodeSampler:
     All randomness comes from the ``rng`` passed to :meth:`sample`.
     """
 
-    def __init__(self, dataset: FewShotDataset, split: str, n_way: int, n_shot: int, n_query: int) -> None:
-        for key, value, low in (("n_way", n_way, 2), ("n_shot", n_shot, 1), ("n_query", n_query, 1)):
+    def __init__(self, dataset: FewShotDataset, split: str, n_way: int, n_shot: int, n_query: int,
+                 keys: tuple[str, str, str] = ("n_way", "n_shot", "n_query")) -> None:
+        """``keys``: the config keys that set way, shot and query, named in the errors (e.g. ``train.way``)."""
+        way_key, shot_key, query_key = keys
+        for key, value, low in ((way_key, n_way, 2), (shot_key, n_shot, 1), (query_key, n_query, 1)):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise BenchmarkError(f"{key} must be an integer >= {low}, got {value!r}")
         self.classes = dataset.split_classes(split)
         if n_way > len(self.classes):
             raise BenchmarkError(
-                f"n_way={n_way} is larger than the {len(self.classes)} classes of the {split!r} split "
-                f"of dataset {dataset.name!r}; use n_way <= {len(self.classes)}"
+                f"{way_key}={n_way} is larger than the {len(self.classes)} classes of the {split!r} split "
+                f"of dataset {dataset.name!r}; set {way_key} <= {len(self.classes)}{_OTHER_KEYS}"
             )
         items = dataset.items_by_class()
         self.items = [items[c] for c in self.classes]
@@ -38,9 +45,9 @@ class EpisodeSampler:
         if n_shot + n_query > smallest:
             small = [dataset.class_names[c] for c, i in zip(self.classes, self.items) if len(i) < n_shot + n_query]
             raise BenchmarkError(
-                f"n_shot + n_query = {n_shot} + {n_query} = {n_shot + n_query} exceeds the items of "
+                f"{shot_key} + {query_key} = {n_shot} + {n_query} = {n_shot + n_query} exceeds the items of "
                 f"{len(small)} class(es) of the {split!r} split of {dataset.name!r} (smallest has {smallest}; "
-                f"e.g. {small[:3]}); lower n_shot or n_query"
+                f"e.g. {small[:3]}); lower {shot_key} or {query_key}{_OTHER_KEYS}"
             )
         self.split, self.n_way, self.n_shot, self.n_query = split, n_way, n_shot, n_query
 
@@ -69,10 +76,11 @@ class EpisodeManifest:
 
     @classmethod
     def generate(cls, dataset: FewShotDataset, split: str, n_way: int, n_shot: int, n_query: int,
-                 n_episodes: int, seed: int) -> "EpisodeManifest":
+                 n_episodes: int, seed: int, keys: tuple[str, str, str] = ("n_way", "n_shot", "n_query"),
+                 ) -> "EpisodeManifest":
         if n_episodes < 1:
             raise BenchmarkError(f"the number of test episodes must be >= 1, got {n_episodes}")
-        sampler = EpisodeSampler(dataset, split, n_way, n_shot, n_query)
+        sampler = EpisodeSampler(dataset, split, n_way, n_shot, n_query, keys)
         rng = np.random.default_rng(np.random.SeedSequence([seed, n_way, n_shot, n_query]))
         episodes = tuple(sampler.sample(rng, i) for i in range(n_episodes))
         return cls(dataset.name, dataset.fingerprint(), split, n_way, n_shot, n_query, seed, episodes)
@@ -116,15 +124,34 @@ class EpisodeManifest:
         if dataset is not None and manifest.dataset_fingerprint != dataset.fingerprint():
             raise BenchmarkError(f"episode manifest {path} was made for other contents of dataset "
                                  f"{manifest.dataset!r}; delete it or use a different --out")
+        if dataset is not None:
+            allowed = set(dataset.split_classes(manifest.split).tolist())
+            outside = sorted({c for e in manifest.episodes for c in e.class_ids} - allowed)
+            if outside:
+                raise BenchmarkError(f"episode manifest {path} uses {len(outside)} class(es) outside the "
+                                     f"{manifest.split!r} split of {manifest.dataset!r} (e.g. "
+                                     f"{[dataset.class_names[c] for c in outside[:3]]}); delete it to regenerate")
         return manifest
 
     @classmethod
     def get(cls, directory: str | Path, dataset: FewShotDataset, split: str, n_way: int, n_shot: int,
-            n_query: int, n_episodes: int, seed: int) -> tuple["EpisodeManifest", Path]:
-        """Load the manifest for these settings from ``directory``, or generate and save it."""
-        name = f"{dataset.name}-{split}-{n_way}w{n_shot}s{n_query}q-{n_episodes}ep-seed{seed}.json"
-        path = Path(directory) / name
+            n_query: int, n_episodes: int, seed: int, keys: tuple[str, str, str] = ("n_way", "n_shot", "n_query"),
+            ) -> tuple["EpisodeManifest", Path]:
+        """Load the manifest for these settings from ``directory``, or generate and save it.
+
+        The file name holds the dataset's fingerprint, so two datasets of one name (other contents or
+        options) never share a manifest in one ``--out``; a manifest saved under the older name without
+        it is still used when it was made for this dataset's contents.
+        """
+        settings = f"{split}-{n_way}w{n_shot}s{n_query}q-{n_episodes}ep-seed{seed}.json"
+        path = Path(directory) / f"{dataset.name}-{dataset.fingerprint()[:12]}-{settings}"
         if path.exists():
             return cls.load(path, dataset), path
-        manifest = cls.generate(dataset, split, n_way, n_shot, n_query, n_episodes, seed)
+        legacy = Path(directory) / f"{dataset.name}-{settings}"
+        if legacy.exists():
+            try:
+                return cls.load(legacy, dataset), legacy
+            except BenchmarkError:
+                pass  # another dataset's (or a damaged) manifest under the old name: this one gets its own
+        manifest = cls.generate(dataset, split, n_way, n_shot, n_query, n_episodes, seed, keys)
         return manifest, manifest.save(path)

@@ -117,7 +117,7 @@ def _not_a_dir(tmp_path: Path) -> str:
 
 
 BAD_INPUTS = [
-    ("n_way above the classes of a split", ["--ways", "11"], "n_way=11 is larger than the 10 classes"),
+    ("n_way above the classes of a split", ["--ways", "11"], "--ways=11 is larger than the 10 classes"),
     ("K+Q above the items of a class", ["--shots", "10", "--queries", "15"], "exceeds the items"),
     ("unknown learner", ["--learners", "protonett"], "unknown learner 'protonett'. Did you mean 'protonet'"),
     ("unknown fusion", ["--fusions", "atention"], "unknown fusion 'atention'. Did you mean 'attention'"),

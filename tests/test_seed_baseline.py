@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.checkpoint import read_model
 from benchmark.config import ExperimentConfig, load_yaml, merge
 from benchmark.methods import check_names
 from benchmark.runner import Benchmark
@@ -34,7 +35,7 @@ def test_seed_baseline_runs_and_keeps_the_encoders_frozen(tmp_path):
     records = bench.method_records
     assert records["linear_probe-image-none"]["best_val_accuracy"] is None  # nothing trainable: no training
     assert records["linear_probe-image+text-attention"]["best_val_accuracy"] is not None  # the fusion trains
-    state = torch.load(records["linear_probe-image+text-attention"]["checkpoint"], weights_only=True)
+    state = read_model(records["linear_probe-image+text-attention"]["checkpoint"])[0]  # a model file
     torch.manual_seed(bench.seeds["init"])
     initial = bench.build_learner(bench.methods[-1]).state_dict()
     resnet = [k for k in state if k.startswith("encoder.encoders.image.")]

@@ -9,11 +9,9 @@ cost nothing to the others. The default command's flags are also accepted withou
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from tasks.errors import BenchmarkError
 
@@ -107,19 +105,6 @@ def build_parser(commands: Sequence[Subcommand], default: Subcommand, prog: str 
     return parser
 
 
-def load_plugins(modules: list[str]) -> None:
-    """Import user modules named explicitly with ``--plugin`` (they register components)."""
-    for name in modules:
-        if name.endswith(".py") or "/" in name:
-            path = Path(name)
-            sys.path.insert(0, str(path.parent.resolve()))
-            name = path.stem
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise BenchmarkError(f"--plugin {name!r} could not be imported: {err}") from None
-
-
 def main(parser: argparse.ArgumentParser, commands: Sequence[Subcommand], default: Subcommand,
          argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the chosen command, and turn errors into messages and exit codes.
@@ -131,6 +116,8 @@ def main(parser: argparse.ArgumentParser, commands: Sequence[Subcommand], defaul
     command = {c.name: c for c in commands}.get(args.command, default)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
     try:
+        from benchmark.plugins import load_plugins  # records each plugin's source hash for the run id
+
         load_plugins(args.plugin + getattr(args, "more_plugins", []))
         return command.run(args)
     except BenchmarkError as err:

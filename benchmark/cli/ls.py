@@ -14,7 +14,8 @@ class Ls(Subcommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("kind", choices=KINDS)
-        parser.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'proto*'")
+        parser.add_argument("pattern", nargs="?", default="*",
+                            help="shell wildcard, e.g. 'proto*'; a dataset's name prints its options")
 
     def run(self, args: argparse.Namespace) -> int:
         import learners  # noqa: F401  (registers the built-in components)
@@ -25,6 +26,11 @@ class Ls(Subcommand):
 
         registry = {"learners": LEARNERS, "fusions": FUSIONS, "backbones": BACKBONES,
                     "text_encoders": TEXT_ENCODERS, "datasets": DATASETS, "metrics": METRICS}[args.kind]
+        if args.kind == "datasets" and args.pattern in DATASETS.names():  # one dataset: its options and layout
+            from tasks.datasets import describe_dataset
+
+            print(describe_dataset(args.pattern))
+            return 0
         for name in registry.names(args.pattern):
             entry = registry.get(name)
             doc = (getattr(entry, "description", None) or entry.__doc__ or "").strip().splitlines()

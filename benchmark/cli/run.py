@@ -21,7 +21,8 @@ examples:
   python run_benchmark.py --shots 1 --test-episodes 200 --train-episodes 100
   python run_benchmark.py --learners protonet --modalities image+text --fusions attention \\
       --query-modalities image                 # queries without text
-  python run_benchmark.py --config benchmark/configs/shapes_default.yaml --set train.lr=0.0005
+  python run_benchmark.py --config benchmark/configs/omniglot_protonet_5w1s.yaml --data-root ../shared/data \\
+      --set train.lr=0.0005
   python run_benchmark.py ls learners          # what is registered ('ls fusions', 'ls datasets', ...)
 
 An interrupted run continues where it stopped when the same command is run again
@@ -137,6 +138,9 @@ def config_from_args(args: argparse.Namespace):
         cfg = _apply_set(cfg, item)
     if getattr(args, "download", False):
         cfg = merge(cfg, {"dataset_options": {**cfg.dataset_options, "download": True}}, "--download")
+    runtime = {"out": "", "device": "", "threads": 0}  # where and how fast: still the default suite
+    if not args.config and cfg.note and merge(cfg, runtime, "-") != merge(default_experiment(), runtime, "-"):
+        cfg = merge(cfg, {"note": ""}, "command line")  # the default suite's note describes it alone
     return cfg
 
 

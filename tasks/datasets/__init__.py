@@ -12,7 +12,7 @@ from tasks.datasets import shapes  # noqa: F401  (registers the built-in dataset
 from tasks.datasets import cifar, cub, imagenet, omniglot, userdata  # noqa: F401  (register the real datasets)
 from tasks.errors import BenchmarkError, suggest
 
-__all__ = ["DATASETS", "SPLITS", "FewShotDataset", "load_dataset"]
+__all__ = ["DATASETS", "SPLITS", "FewShotDataset", "describe_dataset", "load_dataset"]
 
 
 def load_dataset(name: str, data_root: str | None = None, **options) -> FewShotDataset:
@@ -31,3 +31,16 @@ def load_dataset(name: str, data_root: str | None = None, **options) -> FewShotD
                     f"dataset {name!r} has no option {key!r}; its options are {accepted}.{suggest(key, accepted)}"
                 )
     return loader.load(data_root=data_root, **options)
+
+
+def describe_dataset(name: str) -> str:
+    """What ``ls datasets NAME`` prints: the summary, every option with its default, and the layout notes."""
+    import sys
+
+    loader = DATASETS.get(name)
+    params = [p for k, p in inspect.signature(loader.load).parameters.items() if k != "data_root"]
+    lines = [f"{name}: {(loader.__doc__ or '').strip()}", "",
+             "options (--set dataset_options.KEY=VALUE, or dataset_options: in a config file):"]
+    lines += [f"  {p.name} = {p.default!r}" if p.default is not p.empty else f"  {p.name}" for p in params]
+    notes = inspect.getdoc(sys.modules[loader.__module__]) or ""
+    return "\n".join(lines + ["", notes] if notes else lines)

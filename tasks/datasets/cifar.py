@@ -15,11 +15,11 @@ trees"``); no captions.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 
+from tasks.datasets import safepickle
 from tasks.datasets.base import DATASETS, FewShotDataset
 from tasks.datasets.imagecache import (
     cached_array, channel_stats, decode_image, file_key, missing_classes_error, package_data, require_dir,
@@ -33,12 +33,9 @@ HOW = ("rerun with --download (uses torchvision.datasets.CIFAR100, md5-checked),
 
 def _unpickle(path: Path) -> dict:
     try:
-        with path.open("rb") as f:
-            return pickle.load(f, encoding="latin1")
+        return safepickle.load(path, "CIFAR-100")  # only numpy arrays and plain values: a crafted file runs no code
     except FileNotFoundError:
         raise BenchmarkError(f"CIFAR-100: {path} is missing. Expected layout:\n{LAYOUT}\n{HOW}") from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise BenchmarkError(f"CIFAR-100: cannot read {path}: {err} (corrupt or truncated? {HOW})") from None
 
 
 def load_cifar100(data_root: str | None, download: bool, image_size: int, dataset: str):

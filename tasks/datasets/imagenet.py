@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import csv
 import logging
-import pickle
 from pathlib import Path
 
 import numpy as np
 
+from tasks.datasets import safepickle
 from tasks.datasets.base import DATASETS, FewShotDataset
 from tasks.datasets.imagecache import (
     IMAGE_EXTENSIONS, cached_array, channel_stats, decode_files, decode_image, file_key, list_images,
@@ -137,10 +137,9 @@ def _text(value) -> str:
 
 def _load_pickle(path: Path):
     try:
-        with path.open("rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise BenchmarkError(f"tieredimagenet: cannot read {path}: {err} (corrupt or truncated?)") from None
+        return safepickle.load(path, "tieredimagenet")  # only numpy arrays and plain values: runs no code
+    except FileNotFoundError:
+        raise BenchmarkError(f"tieredimagenet: {path} is missing") from None
 
 
 @DATASETS.register("tieredimagenet")

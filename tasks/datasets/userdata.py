@@ -19,7 +19,9 @@ Captions are all-or-nothing: if some items lack one the dataset has no captions 
 library's cache applies) or from a local path (``--data-root``: a ``save_to_disk`` folder or a
 loadable data folder), concatenating all of its splits and splitting by class (seeded) unless
 ``split_column`` is given. Columns are named by the user: ``image_column``, ``label_column``,
-``text_column`` (captions) and ``class_text_column``.
+``text_column`` (captions; default: a ``caption`` or else ``text`` column, if there is one) and
+``class_text_column``. Which columns (and class-text file) were used is kept in ``FewShotDataset.info``
+(``columns``) and recorded in ``run.json``.
 """
 from __future__ import annotations
 
@@ -76,8 +78,9 @@ def _read_csv(path: Path, image_column, label_column, caption_column, split_colu
                                  f"{suggest(str(col), columns)} Name it with --set dataset_options.{role}_column=NAME")
     if caption_column is not None and caption_column not in columns:
         raise BenchmarkError(f"imagetext_folder: {path} has no caption column {caption_column!r}; columns: {columns}")
-    caption_column = caption_column or ("caption" if "caption" in columns else "text" if "text" in columns else None)
+    caption_column = caption_column or _default_text_column(columns)
     split_column = split_column or ("split" if "split" in columns else None)
+    used = {"image": image_column, "label": label_column, "caption": caption_column, "split": split_column}
     files, labels, caps, splits = [], [], [], []
     for i, row in enumerate(rows, start=2):
         if not (row.get(image_column) or "").strip() or not (row.get(label_column) or "").strip():
@@ -86,7 +89,12 @@ def _read_csv(path: Path, image_column, label_column, caption_column, split_colu
         labels.append(row[label_column].strip())
         caps.append((row.get(caption_column) or "").strip() if caption_column else "")
         splits.append((row.get(split_column) or "").strip().lower() if split_column else "")
-    return files, labels, caps if caption_column else None, splits if split_column else None
+    return files, labels, caps if caption_column else None, splits if split_column else None, used
+
+
+def _default_text_column(columns: list[str]) -> str | None:
+    """The caption column found without being named: ``caption``, else ``text``."""
+    return next((c for c in ("caption", "text") if c in columns), None)
 
 
 def _read_folders(root: Path):
@@ -101,10 +109,10 @@ def _read_folders(root: Path):
                 txt = img.with_suffix(".txt")
                 caps.append(txt.read_text(errors="replace").strip() if txt.is_file() else "")
                 splits.append(split)
-    return files, labels, caps, splits if given else None
+    return files, labels, caps, splits if given else None, {"layout": "split folders" if given else "class folders"}
 
 
-def _class_texts(root: Path, classes: list[str], path: str | None) -> list[str] | None:
+def _class_texts(root: Path, classes: list[str], path: str | None, used: dict | None = None) -> list[str] | None:
     folder = root if root.is_dir() else root.parent
     if path:
         candidate = Path(path) if Path(path).is_absolute() else folder / path
@@ -115,6 +123,8 @@ def _class_texts(root: Path, classes: list[str], path: str | None) -> list[str] 
                           if (folder / n).is_file()), None)
         if candidate is None:
             return None
+    if used is not None:
+        used["class_text"] = str(candidate)
     if candidate.suffix == ".json":
         table = {str(k): str(v) for k, v in json.loads(candidate.read_text()).items()}
     else:
@@ -154,6 +164,8 @@ def _build(name, images, label_strs, caps, item_splits, class_text_list, fractio
         log.warning("%s: %d of %d items have no caption; the dataset is image-only (plus class text)",
                     source, sum(not c for c in caps), len(caps))
         caps = None
+        if isinstance(info.get("columns"), dict):
+            info["columns"]["caption"] = None  # not used after all
     splits = _splits_from(labels, item_splits, len(classes), classes, fractions, seed, source)
     texts = class_text_list(classes) if callable(class_text_list) else class_text_list
     mean, std = channel_stats(images)
@@ -182,16 +194,18 @@ class ImageTextFolder:
             raise BenchmarkError(f"imagetext_folder: {root} does not exist. Expected:\n{LAYOUT}")
         table = _find_csv(root, csv)
         if table is not None:
-            files, label_strs, caps, item_splits = _read_csv(table, image_column, label_column, caption_column,
-                                                             split_column)
+            files, label_strs, caps, item_splits, used = _read_csv(table, image_column, label_column,
+                                                                   caption_column, split_column)
         else:
-            files, label_strs, caps, item_splits = _read_folders(root)
+            files, label_strs, caps, item_splits, used = _read_folders(root)
+        used["class_text"] = None
         if not files:
             raise BenchmarkError(f"imagetext_folder: no images found in {root}. Expected:\n{LAYOUT}")
         images = decode_files(f"imagetext-{image_size}", files, image_size, "L" if grayscale else "RGB")
         return _build("imagetext_folder", images, label_strs, caps, item_splits,
-                      lambda classes: _class_texts(root, classes, class_text), split_fractions, seed,
-                      {"root": str(root), "csv": str(table) if table else None}, f"imagetext_folder {root}")
+                      lambda classes: _class_texts(root, classes, class_text, used), split_fractions, seed,
+                      {"root": str(root), "csv": str(table) if table else None, "columns": used},
+                      f"imagetext_folder {root}")
 
 
 @DATASETS.register("hf")
@@ -233,6 +247,7 @@ class HuggingFace:
             if col is not None and col not in columns:
                 raise BenchmarkError(f"hf: dataset {source!r} has no {role} column {col!r}; columns: {columns}."
                                      f"{suggest(col, columns)} Set dataset_options.{role}_column")
+        text_column = text_column or _default_text_column(columns)  # a caption column, as imagetext_folder finds
         feature = ds.features[label_column]
         raw_labels = ds[label_column]
         label_strs = [feature.int2str(v) if hasattr(feature, "int2str") else str(v) for v in raw_labels]
@@ -263,7 +278,9 @@ class HuggingFace:
             return [table[c] for c in classes]
 
         return _build("hf", images, label_strs, caps, item_splits, class_texts, split_fractions, seed,
-                      {"source": source, "fingerprint": ds._fingerprint}, f"hf {source}")
+                      {"source": source, "fingerprint": ds._fingerprint,
+                       "columns": {"image": image_column, "label": label_column, "caption": text_column,
+                                   "split": split_column, "class_text": class_text_column}}, f"hf {source}")
 
 
 __all__ = ["ImageTextFolder", "HuggingFace", "IMAGE_EXTENSIONS", "decode_files"]

@@ -1,0 +1,155 @@
+"""`evaluate` and the Python API on the committed Omniglot checkpoint, on fixed episodes of image files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.savedmodel import load_learner
+from omniglot_episodes import split_characters, write_episodes
+from tasks.errors import BenchmarkError
+from test_reproduce import SHARED, needs_omniglot
+
+REPO = Path(__file__).resolve().parents[1]
+BARE = REPO / "results" / "checkpoints" / "omniglot_protonet_5w1s_2k.pt"
+CONFIG = REPO / "benchmark" / "configs" / "omniglot_protonet_5w1s_2k.yaml"
+
+
+@pytest.fixture(scope="module")
+def omniglot_learner():
+    torch.set_num_threads(1)
+    return load_learner(BARE, CONFIG, str(SHARED))
+
+
+@pytest.fixture(scope="module")
+def episode_file(tmp_path_factory):
+    """Three 20-way 1-shot 2-query episodes: two of test characters, one of training characters."""
+    test, train = split_characters("test"), split_characters("train")
+    path = tmp_path_factory.mktemp("episodes") / "omniglot_20w1s.json"
+    return write_episodes(path, SHARED, [test[:20], test[40:60], train[:20]], shot=1, query=2)
+
+
+@needs_omniglot
+def test_evaluate_episode_file_end_to_end(episode_file, tmp_path, capsys, caplog):
+    """The issue's test: `evaluate --episodes` on a committed (bare) checkpoint writes predictions.csv
+    naming every query file, and flags the episode of training characters."""
+    code = main(["evaluate", "--checkpoint", str(BARE), "--config", str(CONFIG), "--data-root", str(SHARED),
+                 "--episodes", str(episode_file), "--out", str(tmp_path), "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "bare state dict" in caplog.text and "1 of 3 episodes show classes the checkpoint was trained on" in caplog.text
+    (run_dir,) = list(tmp_path.iterdir())
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    assert {"episode", "item", "label", "prediction", "score", "correct", "in_training_classes"} <= set(preds.columns)
+    spec = json.loads(episode_file.read_text())["episodes"]
+    assert len(preds) == 3 * 20 * 2
+    for episode in spec:
+        rows = preds[preds["episode"] == episode["id"]]
+        expected = {f: label for label, files in episode["query"].items() for f in files}
+        assert dict(zip(rows["item"], rows["label"])) == expected
+        assert set(rows["prediction"]) <= set(episode["support"])
+        assert rows["correct"].mean() > 0.5  # chance is 0.05
+    assert preds.groupby("episode")["in_training_classes"].first().to_dict() == {"ep0": False, "ep1": False, "ep2": True}
+    assert ((preds["score"] > 0) & (preds["score"] <= 1)).all()
+    rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
+    accuracy = {r["episode_id"]: r["value"] for r in rows if r["metric"] == "accuracy"}
+    assert accuracy == pytest.approx(preds.groupby("episode")["correct"].mean().to_dict())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["bare_checkpoint"] and record["episodes"][0]["in_training_classes"] == 1
+    assert (run_dir / "summary.md").exists()
+
+
+@needs_omniglot
+def test_files_and_dataset_indices_give_the_same_predictions(omniglot_learner, episode_file, tmp_path):
+    """Image files decoded with the checkpoint's preprocessing equal the dataset's own items."""
+    from benchmark import evaluate
+    from tasks.datasets import load_dataset
+
+    dataset = load_dataset("omniglot", str(SHARED))
+    index = {}
+    for label, name in enumerate(dataset.class_names):
+        if name.endswith("rot000"):
+            index[name] = dataset.items_by_class()[label]
+    by_index = []
+    for episode in json.loads(episode_file.read_text())["episodes"]:
+        sides = {}
+        for side in ("support", "query"):
+            sides[side] = {c: [int(index[c][int(Path(f).stem.split("_")[1]) - 1]) for f in files]
+                           for c, files in episode[side].items()}
+        by_index.append({"id": episode["id"], **sides})
+    index_file = tmp_path / "by_index.json"
+    index_file.write_text(json.dumps({"episodes": by_index}))
+    from_files = evaluate(omniglot_learner, episode_file)
+    from_index = evaluate(omniglot_learner, index_file, dataset=dataset)
+    assert (from_files["prediction"] == from_index["prediction"]).all()
+    np.testing.assert_allclose(from_files["score"], from_index["score"], atol=1e-5)
+    assert from_index["item"].str.isdigit().all()
+
+
+@needs_omniglot
+def test_sampled_episodes_are_the_runs_test_manifest(omniglot_learner):
+    """Without an episode file, `evaluate` samples the test manifest of `run` (same seed): the first
+    episodes give exactly the committed per-episode accuracies of this checkpoint."""
+    from benchmark import evaluate
+
+    preds = evaluate(omniglot_learner, data_root=str(SHARED), ways=[5], shots=[1], n_episodes=20)
+    committed = json.loads(BARE.with_suffix(".episodes.json").read_text())["accuracy"][:20]
+    accuracy = preds.groupby("episode", sort=False)["correct"].mean().to_numpy()
+    assert np.array_equal(accuracy, np.asarray(committed))
+    assert not preds["in_training_classes"].any()
+
+
+@needs_omniglot
+def test_upgrade_writes_a_self_describing_copy(omniglot_learner, episode_file, tmp_path, capsys):
+    new = tmp_path / "upgraded.pt"
+    assert main(["upgrade-checkpoint", str(BARE), "--config", str(CONFIG), "--data-root", str(SHARED),
+                 "--out", str(new)]) == 0
+    raw = torch.load(new, weights_only=True)  # plain values and tensors only
+    meta = json.loads(raw["meta"])
+    assert meta["preprocessing"]["mode"] == "L" and meta["preprocessing"]["resample"] == "lanczos"
+    assert meta["preprocessing"]["image_shape"] == [1, 28, 28] and not meta["preprocessing"]["invert"]
+    assert meta["preprocessing"]["mean"] == omniglot_learner.benchmark_info.meta["preprocessing"]["mean"]
+    assert len(meta["dataset"]["train_classes"]) == 4112 and meta["learner"] == "protonet"
+    assert meta["dataset"]["fingerprint"] and meta["upgraded_from"] == str(BARE)
+    from benchmark import evaluate
+
+    upgraded = load_learner(new)  # no config needed any more
+    assert not upgraded.benchmark_info.bare
+    first = evaluate(omniglot_learner, episode_file)
+    again = evaluate(upgraded, episode_file)
+    pd.testing.assert_frame_equal(first, again)
+    assert main(["upgrade-checkpoint", str(new), "--config", str(CONFIG), "--data-root", str(SHARED),
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "already a self-describing" in capsys.readouterr().err
+
+
+def test_bare_checkpoint_without_config_names_what_it_lacks(tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(BARE), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bare state dict" in err and "normalisation statistics" in err and "training classes" in err
+    assert "--config" in err and "upgrade-checkpoint" in err
+
+
+def test_missing_or_unreadable_checkpoint(tmp_path):
+    with pytest.raises(BenchmarkError, match="checkpoint not found"):
+        load_learner(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(BenchmarkError, match="cannot read checkpoint"):
+        load_learner(bad)
+
+
+def test_import_benchmark_is_cheap_and_exports_the_api():
+    code = ("import sys, benchmark; assert 'torch' not in sys.modules, 'torch imported';"
+            "from benchmark import run, evaluate, load_learner; import benchmark.runner;"
+            "from benchmark import evaluate as e; assert callable(e) and e.__module__ == 'benchmark.api', e")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
