@@ -111,7 +111,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(METHOD + KEYS, key))
         for name, values in group.groupby("metric", sort=False)["value"]:
             mean, ci = mean_ci95(values.to_numpy())
-            row.update({name: round(scale(name) * mean, 4), f"{name}_ci95": round(scale(name) * ci, 4)})
+            digits = 2 if scale(name) == 100 else 4  # percentages to 0.01 points, as published tables
+            row.update({name: round(scale(name) * mean, digits), f"{name}_ci95": round(scale(name) * ci, digits)})
             row["n_episodes"] = len(values)
         out.append(row)
     table = pd.DataFrame(out)
