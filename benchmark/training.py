@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.checkpoint import check_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from benchmark.config import TrainConfig
 from benchmark.evaluate import evaluate
@@ -78,24 +80,29 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             log.warning("%s: train.compile=%s is ignored: this learner trains eagerly (inner-loop gradients "
                         "or no image backbone)", method.label, cfg.compile)
     kill_at = _test_kill_step(method)
-    if train_log is not None:
+    dp = distributed.current()  # data-parallel under torchrun (benchmark.distributed); else a no-op
+    if train_log is not None and dp.is_main:  # rank 0 alone writes files
         train_log.start(first - 1)
     bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
     for step in bar:
         learner.train()
-        episodes = [loader.load(sampler.sample(rng, step)).to(device)
-                    for _ in range(cfg.meta_batch)]
+        tasks = dp.share([sampler.sample(rng, step) for _ in range(cfg.meta_batch)])  # all ranks draw all
+        episodes = [loader.load(task).to(device) for task in tasks]
+        batch_norm = dp.batch_norm_state(learner)
         loss = learner.loss(episodes)
-        if not torch.isfinite(loss):
+        loss_value = dp.mean_loss(loss, len(tasks), cfg.meta_batch)
+        if not math.isfinite(loss_value):
             kept = (f"the last good checkpoint (step {saved}) is kept in {path}" if saved else
                     "no checkpoint was saved yet")
             raise BenchmarkError(
-                f"{method.label}: the training loss became {loss.item()} at step {step} (last finite loss "
+                f"{method.label}: the training loss became {loss_value} at step {step} (last finite loss "
                 f"{'none' if last_loss is None else f'{last_loss:.6g}'}); {kept}. "
                 "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)")
-        last_loss, lr = float(loss.item()), optimiser.param_groups[0]["lr"]
+        last_loss, lr = loss_value, optimiser.param_groups[0]["lr"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        dp.average_gradients(params, len(tasks), cfg.meta_batch)
+        dp.sync_batch_norm(batch_norm)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimiser.step()
@@ -103,16 +110,18 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             scheduler.step()
         validation = None
         if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.episodes):
-            validation = {k: float(v.mean()) for k, v in evaluate(learner, loader, val_manifest, device).items()}
-            val = validation["accuracy"]
+            if dp.is_main:
+                validation = {k: float(v.mean())
+                              for k, v in evaluate(learner, loader, val_manifest, device).items()}
+            val = dp.from_main(lambda: validation["accuracy"])
             history["val"].append({"step": step, "loss": last_loss, "val_accuracy": val})
             bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{100 * val:.1f}")
             if val > best:
                 best, best_state = val, copy.deepcopy(learner.state_dict())
                 history.update(best_step=step, best_val_accuracy=val)
-        if train_log is not None:
+        if train_log is not None and dp.is_main:
             train_log.write(step, last_loss, lr, validation)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes and dp.is_main:
             save_checkpoint(path, {
                 "method": method.slug, "step": step, "model": learner.state_dict(),
                 "optimiser": optimiser.state_dict(),

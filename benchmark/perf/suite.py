@@ -17,6 +17,7 @@ the synthetic data in :mod:`benchmark.perf.workloads`, the MAML cases in :mod:`b
     gradient difference and two float32 yardsticks for it (the reference with its tasks reordered,
     and the reference on the channels-last model), and the query side alone (forward and backward
     at the adapted weights, which batching the inner loops cannot remove) with the ceiling it sets;
+  * ``maml_peer``, ``maml_omniglot`` (``--long`` only): see :mod:`benchmark.perf.peer_cases`;
   * ``maml_memory``: 5 inner steps, meta-batch 8: batched (query side in chunks of 4 tasks and
     all at once), gradient-checkpointed, first order;
   * ``eval``: 600 test episodes of 5-way 1-shot 15-query; ProtoNet with cached embeddings vs
@@ -40,6 +41,7 @@ import torch
 
 from benchmark.perf.measure import compare, peak_mb, reset_peak, speedup, timed
 from benchmark.perf.maml_cases import case_maml, case_maml_memory
+from benchmark.perf.peer_cases import case_maml_omniglot, case_maml_peer
 from benchmark.perf.references import textbook_conv4
 from benchmark.runtime import check_compile_backend, keep_freed_memory
 from benchmark.perf.workloads import IMAGE, build, episodes, random_dataset, train_step
@@ -49,7 +51,7 @@ from tasks.sampler import EpisodeManifest, EpisodeSampler
 
 log = logging.getLogger(__name__)
 
-# -- cases --------------------------------------------------------------------------------------
+
 def case_sampling(device: torch.device, repeats: int, omniglot_way: int = 60) -> dict:
     out = {}
     for label, shape, per_class, way, shot, query, classes in (("omniglot_28x28x1", (1, 28, 28), 20, omniglot_way, 5, 5, 200),
@@ -197,11 +199,10 @@ def case_flops(device: torch.device, repeats: int, compile_backend: str, matmul_
 
 
 def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequence[str] | None = None,
-        compile_backend: str = "inductor", smoke: bool = False) -> dict:
+        compile_backend: str = "inductor", smoke: bool = False, data_root: str = "../shared/data") -> dict:
     """Run the cases; returns the JSON-ready result.
 
-    ``smoke`` shrinks every case (1 repeat, meta-batch 4, 20 evaluation episodes, a small matmul)
-    to check the script itself; its figures mean nothing.
+    ``smoke`` shrinks every case (1 repeat, meta-batch 4, 20 episodes) to check the script only.
     """
     from benchmark.provenance import package_versions, resolve_device
 
@@ -219,6 +220,8 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
         "protonet_train": lambda: case_protonet_train(dev, repeats * 2, compile_backend, way),
         "maml_second_order": lambda: case_maml(dev, repeats, first_order=False, meta_batch=meta_batch),
         "maml_first_order": lambda: case_maml(dev, repeats, first_order=True, meta_batch=meta_batch),
+        "maml_peer": lambda: case_maml_peer(dev, repeats, meta_batch=meta_batch),
+        "maml_omniglot": lambda: case_maml_omniglot(dev, data_root, iterations=2 if smoke else 20),
         "maml_memory": lambda: case_maml_memory(dev, meta_batch=2 if smoke else 8, steps=2 if smoke else 5),
         "eval": lambda: case_eval(dev, eval_episodes),
         "flops": lambda: case_flops(dev, repeats, compile_backend, 256 if smoke else 0, way),
@@ -234,7 +237,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
                     "compile_backend": compile_backend, "allocator": allocator, "packages": package_versions(), "cases": {}}
     start = time.perf_counter()
     for name, fn in all_cases.items():
-        if cases and name not in cases:
+        if cases and name not in cases or not cases and name == "maml_omniglot" and not long:
             continue
         t = time.perf_counter()
         log.info("perf: %s", name)
@@ -252,6 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", default="inductor", metavar="BACKEND",
                         help="torch.compile backend for the compiled ProtoNet figures ('' to skip; default: inductor)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script (figures meaningless)")
+    parser.add_argument("--data-root", default="../shared/data", help="omniglot-py/'s folder for --long's real data")
     parser.add_argument("--out", default="perf.json", help="where to write the JSON (default: perf.json)")
 
 
@@ -270,7 +274,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     except OSError as err:
         raise BenchmarkError(f"cannot write --out {out}: {err.strerror or err}; choose a writable path") from None
     cases = [c.strip() for c in args.cases.split(",") if c.strip()] or None
-    result = run(args.device, args.long, args.threads, cases, args.compile, args.smoke)
+    result = run(args.device, args.long, args.threads, cases, args.compile, args.smoke, args.data_root)
     text = json.dumps(result, indent=2)
     print(text)
     atomic_write_text(out, text + "\n")
