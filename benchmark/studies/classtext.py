@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from benchmark.evaluate import evaluate
+from benchmark.results import append_rows
 from learners.base import class_means
 from tasks.datasets import FewShotDataset
 from tasks.episode import EpisodeLoader
@@ -86,8 +87,7 @@ class GateTracker:
                                         zip(classes.tolist(), gate.squeeze(1).tolist())},
                               **separation(self.learner, self.loader, manifest)}
                     self.records.append(record)
-                    with self.path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_rows(self.path, [record])
         finally:
             self.learner.train(was_training)
 
