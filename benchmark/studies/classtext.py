@@ -13,7 +13,6 @@ hypothesis and accuracy when class text is missing for part of the test classes.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
