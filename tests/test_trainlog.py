@@ -6,7 +6,9 @@ import signal
 import pytest
 
 from benchmark.trainlog import COLUMNS, TrainLog, read_train_log
-from tests.test_reliability import run_cli, run_dir, tiny_args
+from tests.conftest import only_run_dir as run_dir
+from tests.conftest import tiny_args
+from tests.test_reliability import run_cli
 
 
 def test_a_resumed_log_continues_without_duplicates(tmp_path):
