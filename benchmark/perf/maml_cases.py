@@ -24,6 +24,9 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
     :func:`~benchmark.perf.references.reference_maml_backward` on the textbook model (NCHW, as PyTorch builds it and
     learn2learn runs it); ``reference_channels_last`` is the same loop on the channels-last
     model, which shows how much of the gain the memory layout alone gives.
+
+    Long: one measurement read top to bottom (build the variants, time them in interleaved rounds,
+    compare their gradients); splitting it would separate the timings from what they compare.
     """
     data = random_dataset((1, 28, 28), 200, 20)
     batch = episodes(data, "train", 5, 1, 15, meta_batch, device)
