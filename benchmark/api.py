@@ -121,9 +121,13 @@ def evaluate(learner: Learner | str | Path, episodes: str | Path | EpisodeFile |
 
 def _rows(meta: dict, eps: Episodes, metrics: dict) -> list[dict]:
     """Per-episode rows in the format of ``rows.jsonl`` (plus the training-class flag and the episode id)."""
+    from benchmark.metrics import SCHEMA_VERSION
+    from benchmark.tables import method_setting
+
     setting = meta["setting"]
     common = {"learner": meta["learner"], "fusion": meta["fusion"] or "none", "modalities": "+".join(meta["modalities"]),
-              "setting": f"support={'+'.join(setting['support'])},query={'+'.join(setting['query'])}",
+              "setting": method_setting(tuple(setting["support"]), tuple(setting["query"]), tuple(meta["modalities"])),
+              "schema_version": SCHEMA_VERSION,
               "dataset": eps.name, "seed": meta.get("seed", 0), "manifest_sha256": eps.source_sha256}
     rows = []
     for k, spec in enumerate(eps.specs):
@@ -138,7 +142,8 @@ def write_evaluation(out: Path, learner: Learner, predictions: pd.DataFrame, row
                      sources: list[Episodes]) -> Path:
     """Write the files of one evaluation into ``out/<id>/`` (id: checkpoint and episodes hashes)."""
     from benchmark.provenance import git_commit, package_versions
-    from benchmark.results import atomic_write_text, write_summary
+    from benchmark.results import atomic_write_text
+    from benchmark.tablewrite import write_summary
     from benchmark.rundir import prepare_output
 
     info = learner.benchmark_info

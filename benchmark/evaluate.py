@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from benchmark.metrics import METRICS, compute_metrics
 from learners.base import EMBEDDING, Learner
 from tasks.episode import Episode, EpisodeLoader, EpisodeSpec
 from tasks.sampler import EpisodeManifest
@@ -55,18 +56,22 @@ class EmbeddedEpisodes:
 
 def evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest, device: torch.device,
              use_embedding_cache: bool = True, progress: str | None = None,
-             batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Accuracy and loss of every episode of ``manifest``.
+             batch_size: int = 32, metrics: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The registered metrics (:mod:`benchmark.metrics`) of every episode of ``manifest``.
 
     Episodes go to :meth:`Learner.predict_episodes` ``batch_size`` at a time when the learner
     overrides it (MAML adapts them together); other learners get one episode at a time, so only
     one episode's inputs are ever loaded for them.
 
+    Args:
+        metrics: names of registered metrics (default: all of them).
+
     Returns:
-        ``{"accuracy": float64 [n_episodes], "loss": float64 [n_episodes]}``.
+        metric name -> float64 ``[n_episodes]``, e.g. ``{"accuracy": ..., "ece": ..., "nll": ...}``.
     """
+    names = metrics or METRICS.names()
     with _eager():  # a backbone compiled for training would recompile for every new batch shape
-        return _evaluate(learner, loader, manifest, device, use_embedding_cache, progress, batch_size)
+        return _evaluate(learner, loader, manifest, device, use_embedding_cache, progress, batch_size, names)
 
 
 def _eager():
@@ -76,13 +81,13 @@ def _eager():
 
 
 def _evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest, device: torch.device,
-              use_embedding_cache: bool, progress: str | None, batch_size: int) -> dict[str, np.ndarray]:
+              use_embedding_cache: bool, progress: str | None, batch_size: int,
+              names: list[str]) -> dict[str, np.ndarray]:
     learner.eval()
     source: EpisodeLoader | EmbeddedEpisodes = loader
     if use_embedding_cache and learner.fixed_embedding:
         source = EmbeddedEpisodes(learner, loader, manifest, device)
-    accuracy = np.zeros(len(manifest.episodes))
-    loss = np.zeros(len(manifest.episodes))
+    values = {name: np.zeros(len(manifest.episodes)) for name in names}
     specs = manifest.episodes
     if type(learner).predict_episodes is Learner.predict_episodes:
         batch_size = 1
@@ -91,9 +96,9 @@ def _evaluate(learner: Learner, loader: EpisodeLoader, manifest: EpisodeManifest
         for start in range(0, len(specs), batch_size):
             episodes = [source.load(spec).to(device) for spec in specs[start : start + batch_size]]
             for i, (episode, logits) in enumerate(zip(episodes, learner.predict_episodes(episodes)), start):
-                accuracy[i] = (logits.argmax(-1) == episode.query_labels).double().mean().item()
-                loss[i] = torch.nn.functional.cross_entropy(logits, episode.query_labels).item()
+                for name, value in compute_metrics(logits, episode.query_labels, names).items():
+                    values[name][i] = value
             bar.update(len(episodes))
     bar.close()
-    return {"accuracy": accuracy, "loss": loss}
+    return values
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import atomic_write_text, to_markdown
+from benchmark.results import atomic_write_text
+from benchmark.tablewrite import to_markdown
 from tasks.errors import BenchmarkError
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,8 @@ Layout of one run directory::
     <out>/<run_id>/run.json        resolved config, seeds, manifest hashes, versions, timings
     <out>/<run_id>/summary.csv     generated from rows.jsonl, never edited by hand
     <out>/<run_id>/summary.md
+    <out>/<run_id>/comparison*.csv/.md  paired tables (benchmark.tablewrite)
+    <out>/<run_id>/train_log/      per-step training log of each method (<slug>.csv, benchmark.trainlog)
     <out>/<run_id>/checkpoints/    best model of each method (<slug>.pt) and, while a method
                                    trains, its resumable training state (<slug>.train.pt)
     <out>/<run_id>/.lock           held (flock) by the process writing the run folder
@@ -30,12 +32,8 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from benchmark.stats import mean_ci95
 from tasks.atomic import atomic_write
 from tasks.errors import BenchmarkError
-
-SUMMARY_KEYS = ["learner", "fusion", "modalities", "setting", "dataset", "n_way", "n_shot", "n_query"]
-
 
 def write_error(path: Path, err: OSError) -> BenchmarkError:
     """A user-facing error for a failed write (full disk, read-only or unwritable folder)."""
@@ -108,7 +106,8 @@ def read_rows(path: Path) -> pd.DataFrame:
 
 
 def episode_rows(run_id: str, method, setting, cfg, manifest, metrics: dict[str, list[float]]) -> list[dict]:
-    """The rows of ``rows.jsonl`` for one method on one test manifest: one per episode and metric.
+    """The rows of ``rows.jsonl`` for one method on one test manifest: one per episode and metric, each
+    keyed by the setting the method was tested in (see :func:`benchmark.tables.method_setting`).
 
     Args:
         method: a :class:`~benchmark.methods.Method`; setting: the run's
@@ -116,62 +115,18 @@ def episode_rows(run_id: str, method, setting, cfg, manifest, metrics: dict[str,
         manifest: the :class:`~tasks.sampler.EpisodeManifest` evaluated on.
         metrics: metric name -> per-episode values (``len(manifest.episodes)`` each).
     """
+    from benchmark.metrics import SCHEMA_VERSION
+    from benchmark.tables import method_setting
+
     common = {
         "run_id": run_id, "learner": method.learner, "fusion": method.fusion or "none",
-        "modalities": "+".join(method.modalities), "setting": setting.describe(),
+        "modalities": "+".join(method.modalities), "schema_version": SCHEMA_VERSION,
+        "setting": method_setting(setting.support, setting.query, method.modalities),
         "dataset": cfg.dataset, "n_way": manifest.n_way, "n_shot": manifest.n_shot, "n_query": manifest.n_query,
         "seed": cfg.seed, "manifest_sha256": manifest.sha256,
     }
     return [{**common, "episode": i, "metric": name, "value": float(v)}
             for name, values in metrics.items() for i, v in enumerate(values)]
-
-
-def summarize(rows: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Mean and 95% CI (in percent) per method and protocol, from per-episode rows."""
-    columns = SUMMARY_KEYS + ["n_episodes", "accuracy", "ci95", "manifest_sha256"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    rows = rows[rows["metric"] == metric]
-    out = []
-    for key, group in rows.groupby(SUMMARY_KEYS, sort=False, dropna=False):
-        mean, ci = mean_ci95(group["value"].to_numpy())
-        out.append(dict(zip(SUMMARY_KEYS, key), n_episodes=len(group), accuracy=round(100 * mean, 2),
-                        ci95=round(100 * ci, 2), manifest_sha256=group["manifest_sha256"].iloc[0]))
-    return pd.DataFrame(out, columns=columns)
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub markdown table (no optional dependency needed)."""
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.2f}"  # p-values stay readable
-    return str(value)
-
-
-def write_summary(run_dir: Path) -> pd.DataFrame:
-    """Regenerate ``summary.csv`` and ``summary.md`` from ``rows.jsonl``."""
-    table = summarize(read_rows(run_dir / "rows.jsonl"))
-    atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False))
-    shown = table.drop(columns=["manifest_sha256"])
-    atomic_write_text(run_dir / "summary.md", to_markdown(shown))
-    return table
-
-
-def format_table(table: pd.DataFrame) -> str:
-    """The one-screen summary printed at the end of a run."""
-    if table.empty:
-        return "(no results)"
-    shown = table[["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "ci95"]].copy()
-    shown["accuracy"] = [f"{a:6.2f} ± {c:.2f}" for a, c in zip(table["accuracy"], table["ci95"])]
-    shown = shown.drop(columns=["ci95"]).rename(columns={"accuracy": "accuracy % (95% CI)"})
-    return shown.to_string(index=False)
 
 
 def jsonable(value):
@@ -183,78 +138,6 @@ def jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def compare_to_baseline(rows: pd.DataFrame, baseline: str = "image") -> pd.DataFrame:
-    """Paired comparison of every method against the same learner's ``baseline`` modality setting.
-
-    Pairs are per episode of one manifest (same ``manifest_sha256``), so the test
-    is a paired t-test on per-episode accuracy differences. Accuracies, the
-    mean difference and its 95% CI are in percent.
-    """
-    from benchmark.stats import paired_test
-
-    columns = ["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "ci95", "baseline",
-               "baseline_accuracy", "difference", "difference_ci95", "p_value", "n_episodes"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    acc = rows[rows["metric"] == "accuracy"]
-    out = []
-    for (learner, sha), group in acc.groupby(["learner", "manifest_sha256"], sort=False):
-        base = group[(group["modalities"] == baseline) & (group["fusion"] == "none")]
-        if base.empty:
-            continue
-        base_values = base.sort_values("episode")["value"].to_numpy()
-        for (fusion, modalities), method in group.groupby(["fusion", "modalities"], sort=False):
-            if modalities == baseline and fusion == "none":
-                continue
-            values = method.sort_values("episode")["value"].to_numpy()
-            if len(values) != len(base_values):
-                continue
-            test = paired_test(values, base_values)
-            mean, ci = mean_ci95(values)
-            first = method.iloc[0]
-            out.append({
-                "learner": learner, "fusion": fusion, "modalities": modalities, "n_way": int(first["n_way"]),
-                "n_shot": int(first["n_shot"]), "accuracy": round(100 * mean, 2), "ci95": round(100 * ci, 2),
-                "baseline": f"{learner}[{baseline}]", "baseline_accuracy": round(100 * float(base_values.mean()), 2),
-                "difference": round(100 * test.mean_difference, 2), "difference_ci95": round(100 * test.ci95, 2),
-                "p_value": float(f"{test.p_value:.3g}"), "n_episodes": test.n,
-            })
-    return pd.DataFrame(out, columns=columns)
-
-
-def wide_comparison(summary: pd.DataFrame, comparison: pd.DataFrame, baseline: str = "image") -> pd.DataFrame:
-    """One row per method, one column pair per (way, shot): accuracy ± CI and the paired difference
-    ("-" where the learner has no ``baseline`` result to pair with)."""
-    out = []
-    for (learner, fusion, modalities), group in summary.groupby(["learner", "fusion", "modalities"], sort=False):
-        row = {"learner": learner, "method": modalities if fusion == "none" else f"{modalities} / {fusion}"}
-        for _, r in group.sort_values(["n_way", "n_shot"]).iterrows():
-            key = f"{r['n_way']}w{r['n_shot']}s"
-            row[f"{key} accuracy"] = f"{r['accuracy']:.2f} ± {r['ci95']:.2f}"
-            match = comparison[(comparison["learner"] == learner) & (comparison["fusion"] == fusion)
-                               & (comparison["modalities"] == modalities) & (comparison["n_way"] == r["n_way"])
-                               & (comparison["n_shot"] == r["n_shot"])]
-            if not match.empty:
-                row[f"{key} vs baseline"] = (f"{match['difference'].iloc[0]:+.2f} ± "
-                                             f"{match['difference_ci95'].iloc[0]:.2f} (p={match['p_value'].iloc[0]:.1e})")
-            else:
-                row[f"{key} vs baseline"] = "(baseline)" if (modalities, fusion) == (baseline, "none") else "-"
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def write_comparison(run_dirs: list[Path], out_dir: Path, baseline: str = "image") -> pd.DataFrame:
-    """Write paired tests vs ``baseline`` into ``out_dir``: ``comparison.csv``/``.md`` (long) and
-    ``comparison_wide.md`` (one row per method)."""
-    rows = pd.concat([read_rows(Path(d) / "rows.jsonl") for d in run_dirs], ignore_index=True)
-    table = compare_to_baseline(rows, baseline)
-    if not table.empty:
-        atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
-        atomic_write_text(out_dir / "comparison.md", to_markdown(table))
-        atomic_write_text(out_dir / "comparison_wide.md", to_markdown(wide_comparison(summarize(rows), table, baseline)))
-    return table
-
-
 def run_record(bench, status: str, wall_time_s: float) -> dict:
     """The provenance record ``run.json`` of a :class:`~benchmark.runner.Benchmark`: resolved config,
     seeds, data fingerprint, manifest hashes, per-method records, versions, device and timings."""
@@ -263,9 +146,11 @@ def run_record(bench, status: str, wall_time_s: float) -> dict:
     from benchmark.config import to_dict
     from benchmark.provenance import git_commit, package_versions, peak_memory_mb
 
+    from benchmark.metrics import SCHEMA_VERSION
+
     data = bench.dataset
     return {
-        "run_id": bench.run_id, "status": status, "config": to_dict(bench.cfg), "seeds": bench.seeds,
+        "schema_version": SCHEMA_VERSION, "run_id": bench.run_id, "status": status, "config": to_dict(bench.cfg), "seeds": bench.seeds,
         "setting": dataclasses.asdict(bench.setting),
         "dataset": {"name": bench.cfg.dataset, "fingerprint": data and data.fingerprint(),
                     "image_shape": data and list(data.image_shape)},

@@ -51,7 +51,7 @@ def prepare_output(out: str, run_id: str) -> Path:
 
 def set_aside_previous(run_dir: Path) -> None:
     """``--no-resume``: move earlier results and checkpoints of this run to ``replaced-<time>/``."""
-    names = [n for n in ("rows.jsonl", "summary.csv", "summary.md", "run.json", "checkpoints")
+    names = [n for n in ("rows.jsonl", "summary.csv", "summary.md", "run.json", "checkpoints", "train_log")
              if (run_dir / n).exists()]
     if not names:
         return

@@ -18,10 +18,12 @@ from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, check_options, expand_methods, fit_to_captions
 from benchmark.provenance import resolve_device
 from benchmark.plugins import LOADED as PLUGINS
-from benchmark.results import (append_rows, episode_rows, previous_method_records, read_rows,
-                               run_record, write_comparison, write_run_record, write_summary)
+from benchmark.results import (append_rows, episode_rows, previous_method_records, read_rows, run_record,
+                               write_run_record)
 from benchmark.rundir import config_hash, prepare_output, seeds, set_aside_previous
 from benchmark.runtime import keep_freed_memory
+from benchmark.tablewrite import write_summary, write_tables
+from benchmark.trainlog import TrainLog
 from benchmark.savedmodel import describe, text_corpus
 from benchmark.training import meta_train
 from learners import LEARNERS, TEXT_ENCODERS, Learner, ModelSpec
@@ -206,7 +208,8 @@ class Benchmark:
         return meta_train(learner, method, train_config(self.cfg, method.learner),
                           lambda: self.episode_loader(learner), self.samplers[method.learner],
                           self.val_manifest, self.device, self.seeds["train_episodes"],
-                          self.train_checkpoint(method), self.resume)
+                          self.train_checkpoint(method), self.resume,
+                          TrainLog(self.run_dir / "train_log" / f"{method.slug}.csv"))
 
     def test(self, learner: Learner, method: Method) -> list[dict]:
         """Evaluate ``learner`` on every test manifest; the rows of ``rows.jsonl`` (one per episode and metric)."""
@@ -280,7 +283,7 @@ class Benchmark:
             self._write_run_json_quietly("failed", start, f"{type(err).__name__}: {err}")
             raise
         table = write_summary(self.run_dir)
-        write_comparison([self.run_dir], self.run_dir)
+        write_tables([self.run_dir], self.run_dir)
         self._write_run_json("finished", start)
         return table
 

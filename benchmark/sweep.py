@@ -44,7 +44,9 @@ from benchmark.checkpoint import RunLock
 from benchmark.config import (ExperimentConfig, apply_overrides, default_experiment, load_yaml, merge,
                               to_dict)
 from benchmark.methods import Method, expand_methods
-from benchmark.results import (atomic_write_text, read_rows, summarize, to_markdown, write_comparison)
+from benchmark.results import atomic_write_text
+from benchmark.tables import load_rows, summarize
+from benchmark.tablewrite import shown, to_markdown, write_tables
 from tasks.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -223,22 +225,21 @@ def write_status(sweep: Sweep, status: dict[str, dict], executor: str) -> None:
 
 def merge_cells(sweep: Sweep) -> pd.DataFrame:
     """Merge the finished cells' rows, in cell order, into ``<out>/rows.jsonl`` and regenerate the
-    summary (per seed) and the paired comparisons; returns the summary."""
-    parts = [(c.run_dir / "rows.jsonl").read_bytes() for c in sweep.cells if c.finished()]
-    atomic_write_text(sweep.out / "rows.jsonl", b"".join(parts).decode())
-    table = summarize_by_seed(read_rows(sweep.out / "rows.jsonl"))
+    summary (seed is one of its keys: seeds are never pooled) and the keyed tables
+    (:func:`benchmark.tablewrite.write_tables`: paired comparisons, over seeds); returns the summary."""
+    done = [c.run_dir for c in sweep.cells if c.finished()]
+    atomic_write_text(sweep.out / "rows.jsonl", b"".join((d / "rows.jsonl").read_bytes() for d in done).decode())
+    table = summary_of(sweep)
     atomic_write_text(sweep.out / "summary.csv", table.to_csv(index=False))
-    atomic_write_text(sweep.out / "summary.md", to_markdown(table.drop(columns=["manifest_sha256"])))
-    write_comparison([sweep.out], sweep.out)
+    atomic_write_text(sweep.out / "summary.md", to_markdown(shown(table, ("config", "manifest_sha256", "run_id"))))
+    if not table.empty:
+        write_tables(done, sweep.out)
     return table
 
 
-def summarize_by_seed(rows: pd.DataFrame) -> pd.DataFrame:
-    """:func:`benchmark.results.summarize` per seed (seeds are never pooled), with a ``seed`` column."""
-    if rows.empty:
-        return summarize(rows).assign(seed=[])
-    parts = [summarize(group).assign(seed=seed) for seed, group in rows.groupby("seed", sort=True)]
-    return pd.concat(parts, ignore_index=True)
+def summary_of(sweep: Sweep) -> pd.DataFrame:
+    """Mean and 95% CI per finished cell (run, seed, way, shot, method) of the sweep."""
+    return summarize(load_rows([c.run_dir for c in sweep.cells if c.finished()]))
 
 
 def failed_cells(status: dict[str, dict]) -> list[str]:

@@ -19,6 +19,7 @@ from benchmark.config import TrainConfig
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method
 from benchmark.runtime import check_compile_backend
+from benchmark.trainlog import TrainLog
 from learners import Learner
 from tasks.episode import EpisodeLoader
 from tasks.errors import BenchmarkError
@@ -29,10 +30,11 @@ log = logging.getLogger(__name__)
 
 def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: Callable[[], EpisodeLoader],
                sampler: EpisodeSampler, val_manifest: EpisodeManifest | None, device: torch.device, seed: int,
-               path: Path, resume: bool) -> dict:
+               path: Path, resume: bool, train_log: TrainLog | None = None) -> dict:
     """Episodic meta-training with validation-based model selection; keeps the best state.
 
-    Long: one loop (resume, step, validate, checkpoint) over shared state, read top to bottom.
+    (Long: one loop whose step, validation, log and checkpoint order is what makes a resumed run
+    step-exact; splitting it would scatter that order.)
 
     With ``cfg.val_every == 0`` there is no validation (e.g. training on train + val classes, as
     Snell et al.'s final models) and the state after the last step is kept.
@@ -48,6 +50,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             when ``cfg.val_every == 0``).
         seed: of the training-episode generator.
         path: the training checkpoint; resume: continue from it if it exists.
+        train_log: the per-step log (:class:`benchmark.trainlog.TrainLog`), continued on resume.
 
     Raises:
         BenchmarkError: a non-finite loss (names the step, the learner and the last finite
@@ -78,6 +81,8 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                         "or no image backbone)", method.label, cfg.compile)
     kill_at = _test_kill_step(method)
     dp = distributed.current()  # data-parallel under torchrun (benchmark.distributed); else a no-op
+    if train_log is not None and dp.is_main:  # rank 0 alone writes files
+        train_log.start(first - 1)
     bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
     for step in bar:
         learner.train()
@@ -93,7 +98,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                 f"{method.label}: the training loss became {loss_value} at step {step} (last finite loss "
                 f"{'none' if last_loss is None else f'{last_loss:.6g}'}); {kept}. "
                 "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)")
-        last_loss = loss_value
+        last_loss, lr = loss_value, optimiser.param_groups[0]["lr"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         dp.average_gradients(params, len(tasks), cfg.meta_batch)
@@ -103,13 +108,19 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
         optimiser.step()
         if scheduler is not None:
             scheduler.step()
+        validation = None
         if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.episodes):
-            val = dp.from_main(lambda: float(evaluate(learner, loader, val_manifest, device)["accuracy"].mean()))
+            if dp.is_main:
+                validation = {k: float(v.mean())
+                              for k, v in evaluate(learner, loader, val_manifest, device).items()}
+            val = dp.from_main(lambda: validation["accuracy"])
             history["val"].append({"step": step, "loss": last_loss, "val_accuracy": val})
             bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{100 * val:.1f}")
             if val > best:
                 best, best_state = val, copy.deepcopy(learner.state_dict())
                 history.update(best_step=step, best_val_accuracy=val)
+        if train_log is not None and dp.is_main:
+            train_log.write(step, last_loss, lr, validation)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes and dp.is_main:
             save_checkpoint(path, {
                 "method": method.slug, "step": step, "model": learner.state_dict(),

@@ -21,7 +21,7 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
     run_dir = only_run_dir(tmp_path)
     summary = pd.read_csv(run_dir / "summary.csv")
     for column in ["learner", "fusion", "modalities", "dataset", "n_way", "n_shot", "n_query", "n_episodes",
-                   "accuracy", "ci95"]:
+                   "accuracy", "accuracy_ci95", "nll", "ece"]:
         assert column in summary.columns
     # the default suite (benchmark/configs/default.yaml) at 1 and 5 shots
     methods = set(zip(summary["learner"], summary["modalities"], summary["fusion"]))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from benchmark.checkpoint import RunLock, load_checkpoint, save_checkpoint
+from benchmark.metrics import METRICS
 from benchmark.cli import config_from_args, build_parser, main
 from benchmark.results import read_rows
 from benchmark.runner import Benchmark
@@ -194,7 +195,7 @@ def test_full_disk_keeps_finished_methods(tmp_path, monkeypatch, capsys):
     assert "rows.jsonl: the disk is full" in err and "Traceback" not in err
     folder = only_run_dir(tmp_path)
     rows = read_rows(folder / "rows.jsonl")
-    assert set(rows["modalities"]) == {"image"} and len(rows) == 4 * 2  # first method intact, whole
+    assert set(rows["modalities"]) == {"image"} and len(rows) == 4 * len(METRICS)  # first method intact, whole (4 episodes x metrics)
     assert not list(folder.glob(".*.tmp"))
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert main(args) == 0

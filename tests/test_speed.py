@@ -325,7 +325,7 @@ def test_cached_evaluation_equals_embedding_every_episode(support, query, fusion
     cached = evaluate(learner, loader, manifest, torch.device("cpu"), use_embedding_cache=True)
     scratch = evaluate(learner, loader, manifest, torch.device("cpu"), use_embedding_cache=False)
     assert np.array_equal(cached["accuracy"], scratch["accuracy"])
-    np.testing.assert_allclose(cached["loss"], scratch["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cached["nll"], scratch["nll"], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["maml", "anil"])
@@ -339,7 +339,7 @@ def test_batched_maml_evaluation_equals_one_episode_at_a_time(name):
     batched = evaluate(learner, loader, manifest, torch.device("cpu"), batch_size=4)  # 4 + 4 + 2 episodes
     single = evaluate(learner, loader, manifest, torch.device("cpu"), batch_size=1)
     assert np.array_equal(batched["accuracy"], single["accuracy"])
-    np.testing.assert_allclose(batched["loss"], single["loss"], rtol=1e-4)
+    np.testing.assert_allclose(batched["nll"], single["nll"], rtol=1e-4)
 
 
 def test_compile_backbone_keeps_the_state_dict_and_skips_maml():

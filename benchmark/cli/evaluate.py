@@ -79,7 +79,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import yaml
 
     from benchmark.api import evaluate
-    from benchmark.results import format_table, read_rows, summarize
+    from benchmark.tables import load_rows, summarize
+    from benchmark.tablewrite import format_table
     from benchmark.savedmodel import load_learner
 
     if args.threads:
@@ -94,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictions = evaluate(learner, args.episodes, args.dataset, args.data_root, options or None, args.ways,
                            args.shots, args.queries, args.test_episodes, args.seed, args.out, args.device)
     run_dir = predictions.attrs["run_dir"]
-    print(format_table(summarize(read_rows(Path(run_dir) / "rows.jsonl"))))
+    print(format_table(summarize(load_rows([Path(run_dir)]))))
     flagged = predictions.drop_duplicates("episode")["in_training_classes"].sum()
     if flagged:
         print(f"\n{flagged} episode(s) show classes the checkpoint was trained on (column in_training_classes)")

@@ -5,7 +5,7 @@ import argparse
 
 from benchmark.cli.base import Subcommand
 
-KINDS = ("learners", "fusions", "backbones", "text_encoders", "datasets")
+KINDS = ("learners", "fusions", "backbones", "text_encoders", "datasets", "metrics")
 
 
 class Ls(Subcommand):
@@ -21,16 +21,18 @@ class Ls(Subcommand):
         import learners  # noqa: F401  (registers the built-in components)
         import tasks.datasets  # noqa: F401
         from learners.registry import BACKBONES, FUSIONS, LEARNERS, TEXT_ENCODERS
+        from benchmark.metrics import METRICS
         from tasks.datasets import DATASETS
 
         registry = {"learners": LEARNERS, "fusions": FUSIONS, "backbones": BACKBONES,
-                    "text_encoders": TEXT_ENCODERS, "datasets": DATASETS}[args.kind]
+                    "text_encoders": TEXT_ENCODERS, "datasets": DATASETS, "metrics": METRICS}[args.kind]
         if args.kind == "datasets" and args.pattern in DATASETS.names():  # one dataset: its options and layout
             from tasks.datasets import describe_dataset
 
             print(describe_dataset(args.pattern))
             return 0
         for name in registry.names(args.pattern):
-            doc = (registry.get(name).__doc__ or "").strip().splitlines()
+            entry = registry.get(name)
+            doc = (getattr(entry, "description", None) or entry.__doc__ or "").strip().splitlines()
             print(f"{name:18s} {doc[0] if doc else ''}")
         return 0

@@ -63,6 +63,9 @@ class Run(Subcommand):
         add("--train-episodes", type=int, help="meta-training steps per method")
         add("--test-episodes", type=int, help="episodes per test manifest (default 600)")
         add("--seed", type=int, help="seed for episodes and initialisation (default 0)")
+        add("--seeds", help="run each of these seeds in turn (e.g. 0,1,2 or 0-4; finished seeds are skipped on a "
+                            "rerun) and write tables over them: the mean over seeds with the across-seed 95%% CI, "
+                            "paired comparisons per seed and combined")
         add("--out", help="output directory; each run writes a subfolder (default: runs)")
         add("--device", help="cpu, cuda, cuda:N")
         add("--threads", type=int, help="torch CPU threads")
@@ -78,8 +81,8 @@ class Run(Subcommand):
             help="override any config key, e.g. train.lr=0.0005 (value parsed as YAML)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from benchmark.results import format_table
         from benchmark.runner import Benchmark
+        from benchmark.tablewrite import format_table
 
         start = time.perf_counter()
         if args.deterministic:
@@ -87,6 +90,8 @@ class Run(Subcommand):
             log.info("--deterministic: deterministic kernels only. The cost is speed on GPU (cuDNN autotuning off, "
                      "slower deterministic kernels; not yet measured for this suite: compare `perf --device cuda` "
                      "with and without) and an error naming any operation that has no deterministic kernel")
+        if args.seeds is not None:
+            return _run_seeds(args)
         from benchmark import distributed
 
         cfg = config_from_args(args)
@@ -173,6 +178,24 @@ def _deep_update(base: dict, update: dict) -> dict:
     for k, v in update.items():
         base[k] = _deep_update(dict(base[k]), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return base
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    """``run --seeds``: each seed in turn (finished seeds skipped), then the tables over seeds."""
+    from benchmark.seeds import parse_seeds, run_seeds
+    from benchmark.tablewrite import wide_text
+
+    if args.seed is not None:
+        raise BenchmarkError("give --seed or --seeds, not both")
+    seeds = parse_seeds(args.seeds)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        run_dirs, tables, out = run_seeds(config_from_args(args), seeds, resume=args.resume)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(wide_text(tables.wide, tables.metric, tables.baseline).to_string(index=False))
+    print(f"\nruns: {', '.join(d.name for d in run_dirs)}\ntables over seeds {args.seeds}: {out}/comparison_wide.md")
+    return 0
 
 
 def _terminated(signum, frame) -> None:

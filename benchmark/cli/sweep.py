@@ -36,12 +36,12 @@ class Sweep(Subcommand):
     def run(self, args: argparse.Namespace) -> int:
         """Exit code 1 when a cell failed (the others are kept), else 0."""
         from benchmark.executors import make_executor
-        from benchmark.results import format_table, read_rows
-        from benchmark.sweep import describe, failed_cells, load_sweep, run_sweep, summarize_by_seed
+        from benchmark.sweep import describe, failed_cells, load_sweep, run_sweep, summary_of
+        from benchmark.tablewrite import format_table
 
         sweep = load_sweep(args.file, args.out)
         status = run_sweep(sweep, make_executor(args.executor, args.address, args.num_cpus), args.merge_every_s)
-        table = summarize_by_seed(read_rows(sweep.out / "rows.jsonl"))
+        table = summary_of(sweep)
         if not table.empty:
             print(format_table(table.assign(learner=[f"{a} s{b}" for a, b in zip(table["learner"], table["seed"])])))
         for line in describe(status):

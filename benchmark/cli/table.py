@@ -1,4 +1,4 @@
-"""``table``: regenerate summary and paired-comparison tables from run folders."""
+"""``table``: regenerate summaries and keyed comparison tables from run folders."""
 from __future__ import annotations
 
 import argparse
@@ -10,26 +10,34 @@ from tasks.errors import BenchmarkError
 
 class Table(Subcommand):
     name = "table"
-    help = "regenerate summary and paired-comparison tables from run folders"
+    help = "regenerate summary and paired-comparison tables from run folders (never mixing runs)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl)")
         parser.add_argument("--baseline", default="image", help="modality setting compared against (default: image)")
-        parser.add_argument("--out", help="folder for comparison.csv/md (default: the first run folder)")
+        parser.add_argument("--out", help="folder for the tables, created if missing (default: the run folder; "
+                                          "required with several runs)")
+        parser.add_argument("--metric", default="accuracy",
+                            help="metric of the comparison tables: accuracy (default), nll, ece (benchmark/metrics.py)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from benchmark.results import format_table, write_comparison, write_summary
+        from benchmark.tables import load_rows
+        from benchmark.tablewrite import format_table, wide_text, write_summary, write_tables
 
-        dirs = [Path(d) for d in args.run_dirs]
-        for d in dirs:
-            if not (d / "rows.jsonl").exists():
-                raise BenchmarkError(f"{d} holds no rows.jsonl: give run folders written by `run_benchmark.py run`")
-            print(format_table(write_summary(d)))
-        comparison = write_comparison(dirs, Path(args.out) if args.out else dirs[0], args.baseline)
-        if comparison.empty:
+        run_dirs = [Path(d) for d in args.run_dirs]
+        if len(run_dirs) > 1 and not args.out:
+            raise BenchmarkError("a table over several runs needs --out DIR (a folder of its own, so that no run's "
+                                 "own comparison files are replaced)")
+        for run_dir in run_dirs:
+            load_rows([run_dir])  # names a folder without rows.jsonl before anything is written
+        for run_dir in run_dirs:
+            print(f"{run_dir}:\n{format_table(write_summary(run_dir), args.metric)}\n")
+        out = Path(args.out) if args.out else run_dirs[0]
+        tables = write_tables(run_dirs, out, args.baseline, args.metric)
+        if tables.comparison.empty:
             print(f"(no {args.baseline}-only method to compare against)")
-        else:
-            print("\npaired differences vs " + args.baseline + " (percentage points, same episodes):")
-            print(comparison[["learner", "fusion", "modalities", "n_way", "n_shot", "accuracy", "difference",
-                              "difference_ci95", "p_value"]].to_string(index=False))
+        print(f"{args.metric} and paired differences vs {args.baseline} (same episodes; over seeds where given):")
+        print(wide_text(tables.wide, args.metric, args.baseline).to_string(index=False))
+        print(f"\ntables: {out}/comparison_wide.md (comparison.csv, comparison_wide.csv"
+              f"{', over_seeds.csv' if (out / 'over_seeds.csv').exists() else ''})")
         return 0

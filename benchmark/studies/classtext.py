@@ -13,7 +13,6 @@ hypothesis and accuracy when class text is missing for part of the test classes.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from benchmark.evaluate import evaluate
+from benchmark.results import append_rows
 from learners.base import class_means
 from tasks.datasets import FewShotDataset
 from tasks.episode import EpisodeLoader
@@ -86,8 +86,7 @@ class GateTracker:
                                         zip(classes.tolist(), gate.squeeze(1).tolist())},
                               **separation(self.learner, self.loader, manifest)}
                     self.records.append(record)
-                    with self.path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_rows(self.path, [record])
         finally:
             self.learner.train(was_training)
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from benchmark.results import to_markdown
+        from benchmark.tablewrite import to_markdown
         from benchmark.studies.miniimagenet_text import Study
 
         if args.tables_only:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import atomic_write_bytes, atomic_write_text, read_rows, to_markdown
+from benchmark.results import atomic_write_bytes, atomic_write_text, read_rows
+from benchmark.tablewrite import to_markdown
 from benchmark.stats import mean_ci95, paired_test
 
 
