@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.results import atomic_write_bytes, write_error
+from benchmark.results import atomic_save, write_error
 from tasks.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,7 @@ def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
 # -- checkpoints --------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Save a training state atomically (see module docstring)."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT_VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save(path, lambda f: torch.save({"format": FORMAT_VERSION, **state}, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -162,12 +158,9 @@ def save_model(path: Path, learner: torch.nn.Module, meta: dict[str, Any]) -> No
     only, so :func:`read_model` loads it with ``torch.load(weights_only=True)``. ``meta`` is built by
     :func:`benchmark.savedmodel.describe`.
     """
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "meta": json.dumps(meta, sort_keys=True),
-                "state_dict": learner.state_dict()}, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    model = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "meta": json.dumps(meta, sort_keys=True),
+             "state_dict": learner.state_dict()}
+    atomic_save(Path(path), lambda f: torch.save(model, f))
 
 
 def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -8,13 +8,12 @@ both. Unknown keys, wrong types and out-of-range values raise a
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import BenchmarkError, suggest
+from tasks.errors import BenchmarkError
+from tasks.options import component_config, from_dict, merge  # noqa: F401  (part of this module's API)
 
 
 @dataclass
@@ -148,91 +147,6 @@ def train_config(cfg: "ExperimentConfig", learner: str) -> TrainConfig:
     return train
 
 
-def from_dict(cls: type, data: Any, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and value types.
-
-    ``where`` names the source (e.g. the YAML file) in error messages.
-    """
-    if not isinstance(data, dict):
-        raise BenchmarkError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise BenchmarkError(f"{where}: unknown key {key!r}.{suggest(str(key), fields)} "
-                                 f"Valid keys: {', '.join(fields)}")
-        kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
-    return cls(**kwargs)
-
-
-def merge(base: Any, overrides: dict, where: str) -> Any:
-    """Return a copy of dataclass ``base`` with the (nested) ``overrides`` applied and checked."""
-    if not isinstance(overrides, dict):
-        raise BenchmarkError(f"{where}: expected a mapping, got {type(overrides).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(base)}
-    hints = typing.get_type_hints(type(base))
-    changes = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise BenchmarkError(f"{where}: unknown key {key!r}.{suggest(str(key), fields)} "
-                                 f"Valid keys: {', '.join(fields)}")
-        current = getattr(base, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = merge(current, value, f"{where}: {key}")
-        else:
-            changes[key] = _coerce(hints[key], value, f"{where}: {key}")
-    return dataclasses.replace(base, **changes)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except BenchmarkError as err:
-                errors.append(str(err))
-        raise BenchmarkError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    if origin is list:
-        if isinstance(value, (str, int, float)):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise BenchmarkError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, where) for v in value]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise BenchmarkError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise BenchmarkError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BenchmarkError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BenchmarkError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise BenchmarkError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
 def load_yaml(path: str | Path) -> dict:
     """Read an experiment YAML file safely (``yaml.safe_load``)."""
     import yaml
@@ -249,14 +163,6 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise BenchmarkError(f"config file {path} must hold a mapping of keys to values")
     return data
-
-
-def component_config(cls: type, options: dict, where: str) -> Any:
-    """Build a component's ``Config`` dataclass from user options, with checked keys and values."""
-    try:
-        return from_dict(cls, options, where)
-    except (ValueError, TypeError) as err:
-        raise BenchmarkError(f"{where}: {err}") from None
 
 
 def to_dict(config: Any) -> dict:

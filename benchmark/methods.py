@@ -10,6 +10,7 @@ from learners.registry import BACKBONES, FUSIONS
 from tasks.datasets import DATASETS
 from tasks.episode import TaskSetting, parse_modalities
 from tasks.errors import BenchmarkError, UnsupportedSetting
+from tasks.options import check_options as check_component_options
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,27 @@ def check_names(cfg: ExperimentConfig) -> None:
         LEARNERS.get(name)
 
 
-def fit_to_captions(methods: list[Method], setting: TaskSetting, dataset, name: str) -> tuple[list[Method], TaskSetting]:
+def check_options(cfg: ExperimentConfig) -> None:
+    """Fail fast, before any work, on an unknown option or a wrong type for any component
+    (:func:`tasks.options.check_options`: one way for learners, fusions, backbones, text encoders, datasets)."""
+    checks = [("backbone", cfg.backbone, BACKBONES.get(cfg.backbone), cfg.backbone_options, "backbone_options",
+               ("image_shape",)),
+              ("text encoder", cfg.text_encoder, TEXT_ENCODERS.get(cfg.text_encoder), cfg.text_encoder_options,
+               "text_encoder_options", ("corpus",)),
+              ("dataset", cfg.dataset, DATASETS.get(cfg.dataset), cfg.dataset_options, "dataset_options",
+               ("data_root",))]
+    checks += [("fusion", name, FUSIONS.get(name), options, f"fusion_options.{name}", ("in_dims",))
+               for name, options in cfg.fusion_options.items()]
+    checks += [("learner", name, LEARNERS.get(name), options, f"learner_options.{name}", ())
+               for name, options in cfg.learner_options.items()]
+    for kind, name, component, options, where, supplied in checks:
+        if not isinstance(options, dict):
+            raise BenchmarkError(f"{where}: expected a mapping of option names to values, got {options!r}")
+        check_component_options(kind, name, component, options, where, supplied)
+
+
+def fit_to_captions(methods: list[Method], setting: TaskSetting, dataset,
+                    name: str) -> tuple[list[Method], TaskSetting]:
     """Without captions, items show images only: drop item text from the task and skip text methods.
 
     Args:

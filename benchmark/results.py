@@ -23,13 +23,15 @@ import dataclasses
 import errno
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from benchmark.stats import mean_ci95
-from tasks import atomic
+from tasks.atomic import atomic_write
 from tasks.errors import BenchmarkError
 
 SUMMARY_KEYS = ["learner", "fusion", "modalities", "setting", "dataset", "n_way", "n_shot", "n_query"]
@@ -46,16 +48,22 @@ def write_error(path: Path, err: OSError) -> BenchmarkError:
     )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`tasks.atomic.atomic_write`).
+def atomic_save(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """:func:`tasks.atomic.atomic_write` for the run folder: ``write(f)`` fills a temporary file that
+    replaces ``path``.
 
     Raises:
         BenchmarkError: the write failed (e.g. ``ENOSPC``); ``path`` keeps its previous contents.
     """
     try:
-        atomic.atomic_write_bytes(path, data)
+        atomic_write(path, write)
     except OSError as err:
         raise write_error(Path(path), err) from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_save`)."""
+    atomic_save(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -261,7 +269,8 @@ def run_record(bench, status: str, wall_time_s: float) -> dict:
         "setting": dataclasses.asdict(bench.setting),
         "dataset": {"name": bench.cfg.dataset, "fingerprint": data and data.fingerprint(),
                     "image_shape": data and list(data.image_shape)},
-        "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)} for (w, s), (m, p) in bench.test_manifests.items()},
+        "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)}
+                      for (w, s), (m, p) in bench.test_manifests.items()},
         "val_manifest_sha256": bench.val_manifest and bench.val_manifest.sha256,
         "methods": bench.method_records, "skipped": bench.skipped, "git_commit": git_commit(),
         "packages": package_versions(), "device": str(bench.device), "torch_threads": torch.get_num_threads(),

@@ -31,6 +31,11 @@ BASELINE_DEFAULTS: dict[str, dict] = {
     "matchingnet": {"temperature": 1.0},
     "protonet": {"distance": "euclidean", "temperature": 10.0},
 }
+# Options added after BASELINE_DEFAULTS, with defaults that compute exactly what the learner computed
+# before they existed: at these values they leave run ids unchanged (another value is a changed default).
+NEUTRAL_ADDITIONS: dict[str, dict] = {
+    "am3": {"gate_reg": 0.0, "gate_target": 0.5, "text_dropout": 0.0},  # issue 16: off by default
+}
 
 
 def _defaults(cls: type) -> dict[str, Any] | None:
@@ -57,7 +62,7 @@ def code_identity(learners: list[str]) -> dict[str, Any]:
             continue
         if defaults is None:
             continue
-        base = BASELINE_DEFAULTS.get(name, {})
+        base = {**NEUTRAL_ADDITIONS.get(name, {}), **BASELINE_DEFAULTS.get(name, {})}
         diff = {k: v for k, v in defaults.items() if k not in base or base[k] != v}
         diff.update({k: "<removed>" for k in base if k not in defaults})
         if diff:

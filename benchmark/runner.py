@@ -15,7 +15,7 @@ from torch import nn
 from benchmark.checkpoint import RunLock, save_model
 from benchmark.config import ExperimentConfig, component_config, train_config
 from benchmark.evaluate import evaluate
-from benchmark.methods import Method, check_names, expand_methods, fit_to_captions
+from benchmark.methods import Method, check_names, check_options, expand_methods, fit_to_captions
 from benchmark.provenance import resolve_device
 from benchmark.plugins import LOADED as PLUGINS
 from benchmark.results import (append_rows, episode_rows, previous_method_records, read_rows,
@@ -61,6 +61,7 @@ class Benchmark:
         self.cfg = cfg.validate()
         self.resume = resume  # continue from training checkpoints of an unfinished run (else start over)
         check_names(cfg)
+        check_options(cfg)
         self.methods = expand_methods(cfg)
         if not self.methods:
             raise BenchmarkError("no method to run: check --learners, --modalities and --fusions")
@@ -72,6 +73,7 @@ class Benchmark:
         self.run_dir = prepare_output(cfg.out, self.run_id)
         self.manifest_dir = Path(cfg.out) / "manifests"
         # built by prepare():
+        self.prepared = False
         self.dataset: FewShotDataset | None = None
         self.samplers: dict[str, EpisodeSampler] = {}  # training episodes per learner
         self.val_manifest: EpisodeManifest | None = None
@@ -90,10 +92,12 @@ class Benchmark:
         Raises:
             UnsupportedSetting: no requested method can run on this dataset and setting.
         """
-        if self.text is not None:
+        if self.prepared:
             return self
         cfg = self.cfg
-        self.dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        if dataset is None:
+            dataset = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        self.dataset = dataset
         self.methods, self.setting = fit_to_captions(self.methods, self.setting, self.dataset, cfg.dataset)
         for learner in dict.fromkeys(m.learner for m in self.methods):  # built now: impossible episodes fail early
             train = train_config(cfg, learner)
@@ -112,6 +116,7 @@ class Benchmark:
                     self.seeds["manifest"], ("--ways", "--shots", "--queries"))
         self.text = self._prepare_text()
         self._preflight()
+        self.prepared = True
         return self
 
     def _preflight(self) -> None:
@@ -140,10 +145,7 @@ class Benchmark:
         corpus = text_corpus(data)
         cls = TEXT_ENCODERS.get(cfg.text_encoder)
         options = dict(cfg.text_encoder_options)
-        try:
-            encoder = cls(corpus, **options)
-        except TypeError as err:
-            raise BenchmarkError(f"text_encoder_options for {cfg.text_encoder!r}: {err}") from None
+        encoder = cls(corpus, **options)  # options checked in __init__ (methods.check_options)
         item = encoder.prepare(data.captions) if data.captions is not None else None
         klass = encoder.prepare(data.class_texts) if data.class_texts is not None else None
         return TextInputs(lambda: cls(corpus, **options), item, klass)
@@ -196,10 +198,7 @@ class Benchmark:
         )
         config = component_config(cls.Config, cfg.learner_options.get(method.learner, {}),
                                   f"learner_options.{method.learner}")
-        try:
-            return cls(spec, config).to(self.device)
-        except TypeError as err:
-            raise BenchmarkError(f"options for {method.label}: {err}") from None
+        return cls(spec, config).to(self.device)  # fusion and backbone options checked in __init__
 
     def train(self, learner: Learner, method: Method) -> dict:
         """Meta-train ``method``'s learner on episodes shown as at test time; returns its history

@@ -18,8 +18,8 @@ def keep_freed_memory() -> dict[str, object]:
 
     By default glibc serves large blocks (the activations of a training step) with ``mmap`` and
     returns them on ``free``, so the next step takes a page fault for every 4 KiB it touches
-    again; on the 2-core development machine that was about a third of a Conv-4 training step
-    (``python run_benchmark.py perf``). This raises the ``mmap`` and trim thresholds to 1 GiB
+    again, a large share of a Conv-4 training step on CPU (docs/speed.md, "Design choices"; check
+    with ``python run_benchmark.py perf``). This raises the ``mmap`` and trim thresholds to 1 GiB
     (as jemalloc or tcmalloc, which PyTorch's CPU tuning guide recommends, effectively do).
     The price: the process keeps its peak memory until it exits.
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.checkpoint import check_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from benchmark.config import TrainConfig
 from benchmark.evaluate import evaluate
@@ -29,6 +31,8 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                sampler: EpisodeSampler, val_manifest: EpisodeManifest | None, device: torch.device, seed: int,
                path: Path, resume: bool) -> dict:
     """Episodic meta-training with validation-based model selection; keeps the best state.
+
+    Long: one loop (resume, step, validate, checkpoint) over shared state, read top to bottom.
 
     With ``cfg.val_every == 0`` there is no validation (e.g. training on train + val classes, as
     Snell et al.'s final models) and the state after the last step is kept.
@@ -73,35 +77,40 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             log.warning("%s: train.compile=%s is ignored: this learner trains eagerly (inner-loop gradients "
                         "or no image backbone)", method.label, cfg.compile)
     kill_at = _test_kill_step(method)
+    dp = distributed.current()  # data-parallel under torchrun (benchmark.distributed); else a no-op
     bar = tqdm(range(first, cfg.episodes + 1), desc=f"train {method.label}", leave=False, mininterval=1)
     for step in bar:
         learner.train()
-        episodes = [loader.load(sampler.sample(rng, step)).to(device)
-                    for _ in range(cfg.meta_batch)]
+        tasks = dp.share([sampler.sample(rng, step) for _ in range(cfg.meta_batch)])  # all ranks draw all
+        episodes = [loader.load(task).to(device) for task in tasks]
+        batch_norm = dp.batch_norm_state(learner)
         loss = learner.loss(episodes)
-        if not torch.isfinite(loss):
+        loss_value = dp.mean_loss(loss, len(tasks), cfg.meta_batch)
+        if not math.isfinite(loss_value):
             kept = (f"the last good checkpoint (step {saved}) is kept in {path}" if saved else
                     "no checkpoint was saved yet")
             raise BenchmarkError(
-                f"{method.label}: the training loss became {loss.item()} at step {step} (last finite loss "
+                f"{method.label}: the training loss became {loss_value} at step {step} (last finite loss "
                 f"{'none' if last_loss is None else f'{last_loss:.6g}'}); {kept}. "
                 "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)")
-        last_loss = float(loss.item())
+        last_loss = loss_value
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        dp.average_gradients(params, len(tasks), cfg.meta_batch)
+        dp.sync_batch_norm(batch_norm)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimiser.step()
         if scheduler is not None:
             scheduler.step()
         if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.episodes):
-            val = float(evaluate(learner, loader, val_manifest, device)["accuracy"].mean())
+            val = dp.from_main(lambda: float(evaluate(learner, loader, val_manifest, device)["accuracy"].mean()))
             history["val"].append({"step": step, "loss": last_loss, "val_accuracy": val})
             bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{100 * val:.1f}")
             if val > best:
                 best, best_state = val, copy.deepcopy(learner.state_dict())
                 history.update(best_step=step, best_val_accuracy=val)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes and dp.is_main:
             save_checkpoint(path, {
                 "method": method.slug, "step": step, "model": learner.state_dict(),
                 "optimiser": optimiser.state_dict(),

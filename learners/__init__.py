@@ -4,10 +4,12 @@ from learners import (  # noqa: F401  (register components)
     anil,
     backbones,
     baselinepp,
+    classfusion,
     fusions,
     linear_probe,
     maml,
     matchingnet,
+    pretrained,
     protonet,
     text,
 )

@@ -1,15 +1,14 @@
 """Fusion modules: combine per-modality features into one vector.
 
-Every fusion is ``forward(features: Mapping[str, Tensor]) -> Tensor [B, out_dim]``
-with ``features[m]`` of shape ``[B, in_dims[m]]``, and declares ``out_dim`` and
-whether it tolerates a missing modality (``supports_missing``).
+Every fusion is ``forward(features: Mapping[str, Tensor]) -> Tensor [B, out_dim]`` with
+``features[m]`` of shape ``[B, in_dims[m]]``, and declares ``out_dim`` and whether it tolerates a
+missing modality (``supports_missing``). Its options are its constructor's keyword parameters.
 
-Learners that score features against class representations (prototypes,
-support items, classifier weights) do it through ``fusion.compare(fn, x, y)``
-(reached as :meth:`MultimodalEncoder.compare`), never by calling ``fn`` directly.
-For every fusion but ``late`` this is just ``fn(x, y)``; ``late`` splits the
-vectors into per-modality blocks, scores each block on its own and averages the
-logits. This is the one place where late fusion enters the metric learners.
+Learners that score features against class representations (prototypes, support items, classifier
+weights) do it through ``fusion.compare(fn, x, y)`` (reached as :meth:`MultimodalEncoder.compare`),
+never by calling ``fn`` directly. For every fusion but ``late`` this is just ``fn(x, y)``; ``late``
+splits the vectors into per-modality blocks, scores each block on its own and averages the logits.
+This is the one place where late fusion enters the metric learners.
 """
 from __future__ import annotations
 
@@ -41,10 +40,8 @@ class Fusion(nn.Module):
         return bool(present) and (present == set(self.modalities) or self.supports_missing)
 
     def compare(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
-        """Logits of fused features ``x [B, out_dim]`` against class representations ``y [N, out_dim]``.
-
-        ``fn(x, y) -> [B, N]`` is the learner's scoring rule (e.g. a negative distance).
-        """
+        """Logits ``[B, N]`` of fused ``x [B, out_dim]`` against class representations ``y [N, out_dim]``,
+        by the learner's scoring rule ``fn(x, y) -> [B, N]`` (e.g. a negative distance)."""
         return fn(x, y)
 
     def _check(self, features: Mapping[str, Tensor]) -> list[str]:
@@ -122,8 +119,7 @@ class MeanFusion(_ProjectedFusion):
     ``fused = mean_{m present} P_m x_m``; a missing modality is left out of the mean.
 
     Args:
-        in_dims: modality -> input size.
-        dim: shared projection size.
+        in_dims: modality -> input size; dim: shared projection size.
     """
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
@@ -170,7 +166,6 @@ class GatedFusion(_ImageTextFusion):
         self.transform = _mlp(in_dims["text"], hidden, self.out_dim)
         self.gate = _mlp(self.out_dim, hidden, 1)
         nn.init.constant_(self.gate[-1].bias, gate_bias)
-        self.last_gate: Tensor | None = None
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         present = self._check(features)
@@ -180,7 +175,6 @@ class GatedFusion(_ImageTextFusion):
         if "image" not in present:
             return text
         gate = torch.sigmoid(self.gate(text))  # [B, 1]
-        self.last_gate = gate.detach()
         return gate * features["image"] + (1 - gate) * text
 
 

@@ -38,22 +38,24 @@ class MAML(Learner):
     Meta-training runs all tasks of a meta-batch at once, inner steps and query side: the
     tasks' weights become the groups of one grouped convolution (:mod:`learners.taskbatch`;
     image-only encoders of supported layers, else a per-task loop). Batching with
-    ``torch.func.vmap`` was measured and not kept: on the 2-core CPU it was 0.45x-1.14x the
-    loop's speed, and ``vmap`` over ``torch.func.grad`` composed with outer autograd gave
-    second-order meta-gradients that disagree with finite differences (torch 2.14) for a
-    learned head or two or more inner steps.
+    ``torch.func.vmap`` was not kept: it was slower than the loop in places (docs/speed.md,
+    "Design choices and their measurements"), and ``vmap`` over ``torch.func.grad`` composed with
+    outer autograd gave second-order meta-gradients that disagree with finite differences
+    (torch 2.14) for a learned head or two or more inner steps.
 
     Args (``Config``):
         train_steps, train_step_size: inner loop during meta-training.
         test_steps, test_step_size: inner loop at test (adaptation).
         first_order: drop second-order terms (FOMAML).
         batch_norm: ``"transductive"`` or ``"running"``.
-        head: ``"zero"``: the head starts at zero in every task (works for any number of ways and
-            is label-permutation equivariant; Kao et al. 2022). The first inner step then moves only
-            the head, because every encoder gradient is exactly zero there (:meth:`stepped_names`);
-            this skips that step's encoder backward pass and, for second order, its double backward.
-            ``"learned"``: a meta-learned ``nn.Linear(D, n_way)`` with PyTorch's default
-            initialisation, as in the paper.
+        head: ``"learned"`` (default, Finn et al.'s MAML): a meta-learned ``nn.Linear(D, n_way)``
+            with PyTorch's default initialisation; episodes must have ``n_way`` classes.
+            ``"zero"``: Kao et al. (2022)'s zeroing trick, a variant: the head starts at zero in every
+            task (any number of ways, label-permutation equivariant). The first inner step then moves
+            only the head, because every encoder gradient is exactly zero there
+            (:meth:`stepped_names`); this skips that step's encoder backward pass and, for second
+            order, its double backward. With one inner training step the encoder is then never
+            adapted during meta-training, which is not Finn et al.'s algorithm.
         n_way: outputs of the learned head (``head="learned"`` only; episodes must match).
         checkpoint: recompute each inner step in the backward pass (gradient checkpointing) to
             save memory with many inner steps (tasks then run one by one).
@@ -63,8 +65,8 @@ class MAML(Learner):
         query_chunk: with task batching, the query side runs forward and backward this many tasks
             at a time inside :meth:`loss`, so only one chunk's query activations are held
             (0: all tasks at once). The same loss and meta-gradients either way.
-        query_channels_last: run the batched query side with channels-last activations. On the
-            2-core CPU a step is 5-10% faster, but PyTorch's channels-last batch norm (CPU) sums
+        query_channels_last: run the batched query side with channels-last activations. A step is
+            somewhat faster on CPU (docs/speed.md), but PyTorch's channels-last batch norm (CPU) sums
             its statistics less accurately, so float32 meta-gradients end up about as far from
             float64 as a channels-last textbook loop's, several times further than the NCHW loop's
             (``tests/test_speed.py``). Off by default: the default matches the NCHW loop to 1e-6.
@@ -78,7 +80,7 @@ class MAML(Learner):
         test_step_size: float = 0.4
         first_order: bool = False
         batch_norm: str = "transductive"
-        head: str = "zero"
+        head: str = "learned"  # Finn et al.; "zero": Kao et al. (2022)
         n_way: int = 5
         checkpoint: bool = False
         task_batching: bool = True
@@ -107,6 +109,7 @@ class MAML(Learner):
         if self.transductive:  # batch statistics always: no running buffers at all
             torch.func.replace_all_batch_norm_modules_(self.encoder)
         self.head = nn.Linear(self.encoder.out_dim, self.config.n_way) if self.config.head == "learned" else None
+        self.permutation_equivariant = self.head is None  # a learned head's rows are tied to label positions
 
     # -- functional model -----------------------------------------------------------------------
     def meta_params(self) -> Params:
@@ -271,7 +274,7 @@ class MAML(Learner):
             names = self.stepped_names(params, step)
             if not names:  # nothing moves (a zero head that the inner loop does not adapt)
                 continue
-            # always NCHW: channels-last made the support side's second-order pass slower (0.89x a step)
+            # always NCHW: channels-last made the support side's second-order pass slower (docs/speed.md)
             logits = self.task_batched_logits(params, support)
             # the sum over tasks of each task's mean loss: its gradient with respect to task t's
             # copy of the weights is task t's own gradient
@@ -336,7 +339,11 @@ class MAML(Learner):
 
 @LEARNERS.register("fomaml")
 class FOMAML(MAML):
-    """First-order MAML (Finn et al. 2017, section 5.2): MAML without second-order terms."""
+    """First-order MAML (Finn et al. 2017, section 5.2): MAML without second-order terms.
+
+    Same options and defaults as :class:`MAML`, Finn et al.'s meta-learned linear head included
+    (``head="zero"`` is Kao et al. (2022)'s zeroing trick).
+    """
 
     @dataclasses.dataclass
     class Config(MAML.Config):

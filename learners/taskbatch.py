@@ -112,9 +112,9 @@ def _conv_by_taps(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, h: Tenso
                   channels_last: bool = False) -> Tensor:
     """The grouped convolution of :func:`forward` as one batched matmul over its kernel taps.
 
-    With one input channel per task, oneDNN's grouped convolution (torch 2.14, CPU) ran at a few
-    GFLOP/s; gathering the ``C*kh*kw`` shifted copies of the input and multiplying them by each
-    task's ``[O, C*kh*kw]`` weights was about 1.5x faster, forward and backward.
+    With one input channel per task, oneDNN's grouped convolution (torch 2.14, CPU) is slow;
+    gathering the ``C*kh*kw`` shifted copies of the input and multiplying them by each task's
+    ``[O, C*kh*kw]`` weights is faster, forward and backward (docs/speed.md, "Design choices").
 
     ``weight [T, O, C, kh, kw]``, ``bias [T, O]``, ``h [B, T*C, H, W]`` -> ``[B, T*O, Ho, Wo]``
     (NCHW, or channels-last memory with ``channels_last``).

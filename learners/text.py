@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from learners.registry import TEXT_ENCODERS
+from tasks.atomic import atomic_write
 from tasks.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,7 @@ class FrozenMiniLM(TextEncoder):
         features = self._embed(texts)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(features, tmp)
-            os.replace(tmp, path)
+            atomic_write(path, lambda f: torch.save(features, f))
         except OSError as err:
             log.warning("could not cache text features in %s (%s)", path.parent, err)
         return features

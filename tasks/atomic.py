@@ -1,11 +1,13 @@
 """The one way files are written: a temporary file in the same folder, ``fsync``, then rename.
 
 A reader (or a rerun after a kill, a full disk or a power cut) sees either the old file or the
-new one, never a part of either, and no temporary file is left behind by a failed write. Used
+new one, never a part of either; a failed write removes its temporary file, and one left by a killed
+process is removed by the next write of the same file. Used
 for results, manifests, checkpoints and every cache.
 """
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from collections.abc import Callable
@@ -33,6 +35,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             also removes the temporary file and leaves ``path`` as it was.
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
@@ -47,6 +50,28 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             pass
         raise
     _fsync_folder(path.parent)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of ``path`` left by writers that were killed (their process is gone);
+    those of live writers (a concurrent run writing the same manifest) are kept."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

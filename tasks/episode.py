@@ -6,7 +6,7 @@ it, so a fixed test manifest is just a list of specs.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -104,7 +104,6 @@ class Episode:
     class_ids: Tensor
     class_text: Tensor | None = None
     episode_id: int = 0
-    meta: dict = field(default_factory=dict)
 
     @property
     def n_way(self) -> int:
@@ -117,7 +116,7 @@ class Episode:
             query=move(self.query), query_labels=self.query_labels.to(device),
             class_ids=self.class_ids.to(device),
             class_text=None if self.class_text is None else self.class_text.to(device),
-            episode_id=self.episode_id, meta=self.meta,
+            episode_id=self.episode_id,
         )
 
 

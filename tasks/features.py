@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from tasks.atomic import atomic_write, atomic_write_text
 from tasks.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,9 @@ def cached_features(key: Mapping[str, str], compute: Callable[[], Tensor],
     features = compute().detach().cpu().contiguous()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(features, tmp)
-        os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps({**{k: str(key[k]) for k in KEY_FIELDS},
-                                                         "shape": list(features.shape)}, indent=1))
+        atomic_write(path, lambda f: torch.save(features, f))
+        atomic_write_text(path.with_suffix(".json"), json.dumps({**{k: str(key[k]) for k in KEY_FIELDS},
+                                                                 "shape": list(features.shape)}, indent=1))
         log.info("cached %s features %s in %s", key["encoder"], tuple(features.shape), path)
     except OSError as err:
         log.warning("could not cache features in %s (%s)", path.parent, err)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tasks.atomic import atomic_write_text
 from tasks.datasets.base import FewShotDataset
 from tasks.episode import EpisodeSpec
 from tasks.errors import BenchmarkError
@@ -100,9 +100,7 @@ class EpisodeManifest:
         """Write atomically as JSON with its sha256 alongside the contents."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent runs may write the same manifest
-        tmp.write_text(json.dumps({"sha256": self.sha256, **self.to_json()}))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"sha256": self.sha256, **self.to_json()}))
         return path
 
     @classmethod

@@ -50,10 +50,14 @@ def omniglot():
     return second, first, t_first, t_second
 
 
+MINI_SUBSET = {"classes_per_split": 5, "max_per_class": 20}  # 300 images: the default run stays fast
+
+
 @pytest.fixture(scope="session")
 def mini():
-    first, t_first = _timed_load("miniimagenet")
-    second, t_second = _timed_load("miniimagenet")
+    """A real miniImageNet subset (5 classes per split, 20 images each), loaded twice (second: cached)."""
+    first, t_first = _timed_load("miniimagenet", **MINI_SUBSET)
+    second, t_second = _timed_load("miniimagenet", **MINI_SUBSET)
     return second, first, t_first, t_second
 
 
@@ -139,9 +143,69 @@ def test_omniglot_episode(omniglot):
     assert episode.support["image"].shape == (20, 1, 28, 28) and "text" not in episode.query
 
 
+def _check_wordnet_text(data) -> None:
+    wnids = data.info["wnids"]
+    synsets = wordnet_synsets()
+    for wnid, name, text in zip(wnids, data.class_names, data.class_texts):
+        entry = synsets[wnid]
+        assert entry["names"] and entry["gloss"] and name and entry["gloss"] in text
+
+
+def _shipped_wnids(per_split: int | None = None) -> list[str]:
+    return [w for s in ("train", "val", "test")
+            for w in package_data("miniimagenet", f"{s}.txt").read_text().split()[:per_split]]
+
+
 @needs_shared
-def test_miniimagenet_counts_text_and_cache(mini):
+def test_miniimagenet_subset_counts_text_and_cache(mini):
+    """The default run's real-data test: a subset keeps the first classes and first images of each."""
     data, first, t_first, t_second = mini
+    assert data.image_shape == (3, 84, 84)
+    assert {s: len(c) for s, c in data.splits.items()} == {"train": 5, "val": 5, "test": 5}
+    assert (np.bincount(data.labels, minlength=data.n_classes) == 20).all()
+    assert data.info["wnids"] == _shipped_wnids(5)
+    assert data.info["subset"] == {"mpc": 20, "cps": 5}
+    assert data.captions is None and "text" not in data.modalities
+    _check_wordnet_text(data)
+    with (SHARED / "miniImageNet" / "train.csv").open() as f:  # first rows of the first class, in CSV order
+        firsts = [r["filename"] for r in csv.DictReader(f)][:20]
+    expected = np.asarray(Image.open(SHARED / "miniImageNet" / "images" / firsts[19]).convert("RGB")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(data.images[19], expected)
+    assert isinstance(data.images, np.memmap)  # served from the decoded-image cache
+    assert first.fingerprint() == data.fingerprint()
+    print(f"miniimagenet subset load: first {t_first:.2f} s, cached {t_second:.2f} s")
+
+
+@needs_shared
+def test_miniimagenet_subset_is_its_own_dataset(mini):
+    """Another subset has another fingerprint (so other manifests and feature-cache keys) and cache file."""
+    data = mini[0]
+    fewer = load_dataset("miniimagenet", str(SHARED), classes_per_split=5, max_per_class=16)
+    assert fewer.fingerprint() != data.fingerprint()
+    assert fewer.images.filename != data.images.filename
+    np.testing.assert_array_equal(fewer.images[:16], data.images[:16])  # the same first images
+    only_classes = load_dataset("miniimagenet", str(SHARED), classes_per_split=2, max_per_class=3)
+    assert only_classes.info["wnids"] == _shipped_wnids(2) and len(only_classes.labels) == 18
+
+
+@needs_shared
+@pytest.mark.parametrize("options, match", [
+    ({"max_per_class": 0}, "max_per_class=0 must be a positive integer"),
+    ({"classes_per_split": -1}, "classes_per_split=-1 must be a positive integer"),
+    ({"max_per_class": 2.5}, "max_per_class=2.5"),
+    ({"classes_per_split": 17}, r"classes_per_split=17 asks for more classes than .*val.csv has \(16\)"),
+])
+def test_miniimagenet_subset_options_are_checked(options, match):
+    with pytest.raises(BenchmarkError, match=match):
+        load_dataset("miniimagenet", str(SHARED), **options)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_miniimagenet_full_counts_text_and_cache():
+    """The complete set (50,000 images: slow the first time, while the decoded-image cache is built)."""
+    first, t_first = _timed_load("miniimagenet")
+    data, t_second = _timed_load("miniimagenet")
     assert data.image_shape == (3, 84, 84)
     assert {s: len(c) for s, c in data.splits.items()} == {"train": 64, "val": 16, "test": 20}
     per_class = np.bincount(data.labels, minlength=100)
@@ -149,15 +213,9 @@ def test_miniimagenet_counts_text_and_cache(mini):
     assert {s: set(per_class[c].tolist()) for s, c in data.splits.items()} == {
         "train": {600}, "val": {600}, "test": {100}}
     assert data.captions is None and "text" not in data.modalities
-    wnids = data.info["wnids"]
-    synsets = wordnet_synsets()
-    for wnid, name, text in zip(wnids, data.class_names, data.class_texts):
-        entry = synsets[wnid]
-        assert entry["names"] and entry["gloss"] and name and entry["gloss"] in text
-    assert data.class_names[wnids.index("n01532829")] == "house finch"
-    shipped = [w for s in ("train", "val", "test")
-               for w in package_data("miniimagenet", f"{s}.txt").read_text().split()]
-    assert shipped == wnids
+    _check_wordnet_text(data)
+    assert data.class_names[data.info["wnids"].index("n01532829")] == "house finch"
+    assert _shipped_wnids() == data.info["wnids"] and data.info["subset"] == {}
     assert isinstance(data.images, np.memmap)  # served from the decoded-image cache
     assert first.fingerprint() == data.fingerprint()
     print(f"miniimagenet load: first {t_first:.1f} s, cached {t_second:.2f} s")
@@ -218,7 +276,7 @@ def test_missing_root_explains_layout(name, tmp_path):
 
 
 def test_unknown_option_is_a_clear_error(tmp_path):
-    with pytest.raises(BenchmarkError, match="no option 'imgsize'.*image_size"):
+    with pytest.raises(BenchmarkError, match=r"dataset_options \(dataset 'omniglot'\): unknown key 'imgsize'. Did you mean 'image_size'"):
         load_dataset("omniglot", str(tmp_path), imgsize=32)
 
 

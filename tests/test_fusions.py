@@ -1,4 +1,4 @@
-"""Behaviour of every registered fusion, discovered from ``FUSIONS.names()``."""
+"""Behaviour of every registered fusion, discovered from ``FUSIONS.names()``, and of particular ones."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 import learners  # noqa: F401
 from learners import FUSIONS
 from learners.backbones import ResNet18
+from learners.fusions import AttentionFusion, ConcatFusion
 from tasks.errors import UnsupportedSetting
 
 DIMS = {"image": 6, "text": 4}
@@ -72,3 +73,21 @@ def test_frozen_resnet18_backbone_stays_frozen():
     x = torch.randn(2, 3, 32, 32)
     assert net(x).shape == (2, 512)
     assert ResNet18((1, 28, 28), frozen=False)(torch.randn(2, 1, 28, 28)).requires_grad
+
+
+def test_attention_weights_are_a_softmax_over_present_modalities():
+    fusion = AttentionFusion({"image": 5, "text": 3}, dim=4)
+    out = fusion({"image": torch.randn(6, 5), "text": torch.randn(6, 3)})
+    assert out.shape == (6, 4)
+    w = fusion.last_weights
+    assert w.shape == (6, 2) and torch.allclose(w.sum(1), torch.ones(6)) and (w > 0).all()
+    # with text missing, the fused vector is exactly the projected image feature
+    x = torch.randn(6, 5)
+    torch.testing.assert_close(fusion({"image": x}), fusion.project["image"](x))
+
+
+def test_concat_fusion_refuses_a_missing_modality():
+    fusion = ConcatFusion({"image": 5, "text": 3})
+    assert fusion({"image": torch.randn(2, 5), "text": torch.randn(2, 3)}).shape == (2, 8)
+    with pytest.raises(UnsupportedSetting, match="needs every modality"):
+        fusion({"image": torch.randn(2, 5)})

@@ -9,30 +9,11 @@ import torch.nn.functional as F
 
 from benchmark.cli import main
 from benchmark.perf.references import reference_maml_backward
-from learners import LEARNERS, ModelSpec
+from learners import LEARNERS
 from learners.maml import MAML
-from tasks.episode import Episode, TaskSetting
+from tasks.episode import Episode
 from tasks.errors import BenchmarkError
-
-IMAGE = TaskSetting(("image",), ("image",))
-
-
-def make(name: str = "maml", shape=(1, 8, 8), hidden: int = 3, dtype=torch.float64, seed: int = 0, **options) -> MAML:
-    torch.manual_seed(seed)
-    spec = ModelSpec(("image",), IMAGE, shape, backbone_options={"hidden": hidden, "strided": True})
-    cls = LEARNERS.get(name)
-    return cls(spec, cls.Config(**options)).to(dtype)
-
-
-def tasks(n_tasks: int, shape=(1, 8, 8), way: int = 3, shot: int = 2, query: int = 2, dtype=torch.float64,
-          seed: int = 1) -> list[Episode]:
-    g = torch.Generator().manual_seed(seed)
-    return [Episode(support={"image": torch.randn(way * shot, *shape, generator=g, dtype=dtype)},
-                    support_labels=torch.arange(way).repeat_interleave(shot),
-                    query={"image": torch.randn(way * query, *shape, generator=g, dtype=dtype)},
-                    query_labels=torch.arange(way).repeat_interleave(query), class_ids=torch.arange(way))
-            for _ in range(n_tasks)]
-
+from tests.conftest import make, tasks
 
 def grads(learner: MAML, batch) -> list[torch.Tensor]:
     learner.zero_grad(set_to_none=True)
@@ -131,8 +112,30 @@ def test_api_predict_before_adapt_and_determinism(name):
     torch.testing.assert_close(logits, again, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
+def test_default_head_is_finns_meta_learned_linear_layer(name):
+    """Finn et al.'s MAML by default: a meta-learned ``nn.Linear`` head whose rows are tied to labels, and
+    the first inner step adapts the encoder too (with Kao et al.'s zero head it moves only the head)."""
+    cls = LEARNERS.get(name)
+    assert cls.Config().head == "learned"
+    learner = make(name).eval()
+    assert isinstance(learner.head, torch.nn.Linear) and learner.head.out_features == 3
+    assert "head.weight" in dict(learner.named_parameters()) and not learner.permutation_equivariant
+    episode = tasks(1)[0]
+    for head, encoder_moves in (("learned", name != "anil"), ("zero", False)):
+        learner = make(name, head=head, test_steps=1).eval()
+        start = learner.initial_params(3)
+        with torch.no_grad():
+            adapted = learner.adapt(episode)
+        moved = [n for n, v in adapted.items() if n.startswith("encoder.") and not torch.equal(v, start[n])]
+        assert bool(moved) == encoder_moves, (head, moved)
+        assert not torch.equal(adapted["head.weight"], start["head.weight"])
+    assert make(name, head="zero").permutation_equivariant
+
+
 def test_permuting_support_labels_permutes_predictions():
-    learner = make().eval()
+    """With Kao et al.'s zero head MAML is label-permutation equivariant (the learned head is not)."""
+    learner = make(head="zero").eval()
     episode = tasks(1)[0]
     perm = torch.tensor([2, 0, 1])
     permuted = Episode(support=episode.support, support_labels=perm[episode.support_labels], query=episode.query,

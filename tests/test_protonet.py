@@ -1,11 +1,10 @@
-"""ProtoNet and the two foundation fusions on tiny episodes."""
+"""ProtoNet on tiny episodes: its logits, equivariance, training and refusals (fusions: test_fusions.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from learners.encoder import ModelSpec
-from learners.fusions import AttentionFusion, ConcatFusion
 from learners.protonet import ProtoNet
 from learners.text import BagOfWords
 from tasks.episode import Episode, TaskSetting
@@ -80,22 +79,7 @@ def test_training_step_reduces_loss_on_a_fixed_episode():
     assert net.loss([ep]).item() < 0.5 * first
 
 
-def test_attention_weights_are_a_softmax_over_present_modalities():
-    fusion = AttentionFusion({"image": 5, "text": 3}, dim=4)
-    out = fusion({"image": torch.randn(6, 5), "text": torch.randn(6, 3)})
-    assert out.shape == (6, 4)
-    w = fusion.last_weights
-    assert w.shape == (6, 2) and torch.allclose(w.sum(1), torch.ones(6)) and (w > 0).all()
-    # with text missing, the fused vector is exactly the projected image feature
-    x = torch.randn(6, 5)
-    torch.testing.assert_close(fusion({"image": x}), fusion.project["image"](x))
-
-
-def test_concat_fusion_refuses_a_missing_modality():
-    fusion = ConcatFusion({"image": 5, "text": 3})
-    assert fusion({"image": torch.randn(2, 5), "text": torch.randn(2, 3)}).shape == (2, 8)
-    with pytest.raises(UnsupportedSetting, match="needs every modality"):
-        fusion({"image": torch.randn(2, 5)})
+def test_protonet_refuses_a_fusion_that_needs_every_modality_on_image_only_queries():
     with pytest.raises(UnsupportedSetting, match="query side shows only image"):
         make_protonet(fusion="concat", query=("image",))
 

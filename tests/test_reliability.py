@@ -17,31 +17,14 @@ from benchmark.cli import config_from_args, build_parser, main
 from benchmark.results import read_rows
 from benchmark.runner import Benchmark
 from tasks.errors import BenchmarkError
+from tests.conftest import TINY_ONE_PROTOCOL, only_run_dir, tiny_args
 
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY = [
-    "--set", "dataset_options.n_classes=40", "--set", "dataset_options.items_per_class=20",
-    "--set", "backbone_options.hidden=8", "--set", "train.way=5", "--set", "train.shot=1", "--set", "train.query=2",
-    "--set", "train.val_episodes=3", "--test-episodes", "4", "--ways", "5", "--shots", "1", "--queries", "3",
-    "--threads", "1",
-]
-
-
-def tiny_args(out: Path, *extra: str, steps: int = 8) -> list[str]:
-    return ["run", *TINY, "--train-episodes", str(steps), "--set", "train.val_every=3",
-            "--set", "train.checkpoint_every=2", "--out", str(out), *extra]
-
 
 def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "run_benchmark.py", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=240)
-
-
-def run_dir(out: Path) -> Path:
-    (folder,) = [p for p in out.iterdir() if p.is_dir() and p.name != "manifests"]
-    return folder
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -58,7 +41,7 @@ def test_killed_training_resumes_to_identical_numbers(tmp_path):
     out = tmp_path / "killed"
     killed = run_cli(tiny_args(out, *args), env={"MMFS_TEST_KILL_AT_STEP": "5"})  # between checkpoints 4 and 6
     assert killed.returncode == -signal.SIGKILL
-    folder = run_dir(out)
+    folder = only_run_dir(out)
     state = load_checkpoint(folder / "checkpoints" / "protonet-image+text-concat.train.pt")
     assert state["step"] == 4
     assert not (folder / "rows.jsonl").exists()
@@ -66,9 +49,9 @@ def test_killed_training_resumes_to_identical_numbers(tmp_path):
     resumed = run_cli(tiny_args(out, *args))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from step 4" in resumed.stderr
-    assert files_of(folder) == files_of(run_dir(tmp_path / "clean"))  # bit-identical rows and summary
+    assert files_of(folder) == files_of(only_run_dir(tmp_path / "clean"))  # bit-identical rows and summary
     assert not (folder / "checkpoints" / "protonet-image+text-concat.train.pt").exists()
-    clean_best = torch.load(run_dir(tmp_path / "clean") / "checkpoints" / "protonet-image+text-concat.pt",
+    clean_best = torch.load(only_run_dir(tmp_path / "clean") / "checkpoints" / "protonet-image+text-concat.pt",
                             weights_only=True)
     resumed_best = torch.load(folder / "checkpoints" / "protonet-image+text-concat.pt", weights_only=True)
     assert all(torch.equal(clean_best[k], resumed_best[k]) for k in clean_best)
@@ -84,7 +67,7 @@ def test_killed_sweep_skips_finished_cells(tmp_path):
     out = tmp_path / "sweep"
     killed = run_cli(tiny_args(out, *args, steps=4), env={"MMFS_TEST_KILL_AT_STEP": "protonet-text-none:3"})
     assert killed.returncode == -signal.SIGKILL
-    folder = run_dir(out)
+    folder = only_run_dir(out)
     first = read_rows(folder / "rows.jsonl")
     assert set(first["modalities"]) == {"image"}
     best = folder / "checkpoints" / "protonet-image-none.pt"
@@ -96,7 +79,7 @@ def test_killed_sweep_skips_finished_cells(tmp_path):
     assert best.stat().st_mtime_ns == stamp  # not retrained
     rows = read_rows(folder / "rows.jsonl")
     assert not rows.duplicated(["learner", "modalities", "fusion", "n_way", "n_shot", "episode", "metric"]).any()
-    assert files_of(folder) == files_of(run_dir(tmp_path / "clean"))
+    assert files_of(folder) == files_of(only_run_dir(tmp_path / "clean"))
 
     again = run_cli(tiny_args(out, *args, steps=4))  # a finished run: nothing recomputed, nothing added
     assert again.returncode == 0 and (folder / "rows.jsonl").read_bytes() == files_of(folder)["rows.jsonl"]
@@ -126,7 +109,7 @@ def test_same_seed_same_numbers_in_process(tmp_path):
     args = ["--learners", "protonet", "--modalities", "image"]
     assert main(tiny_args(tmp_path / "a", *args, steps=4)) == 0
     assert main(tiny_args(tmp_path / "b", *args, steps=4)) == 0
-    assert files_of(run_dir(tmp_path / "a")) == files_of(run_dir(tmp_path / "b"))
+    assert files_of(only_run_dir(tmp_path / "a")) == files_of(only_run_dir(tmp_path / "b"))
 
 
 def test_nan_loss_names_step_learner_and_last_loss(tmp_path, monkeypatch, capsys):
@@ -145,7 +128,7 @@ def test_nan_loss_names_step_learner_and_last_loss(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "protonet[image]: the training loss became nan at step 5 (last finite loss " in err
     assert "the last good checkpoint (step 4) is kept" in err and "Traceback" not in err
-    assert load_checkpoint(run_dir(tmp_path) / "checkpoints" / "protonet-image-none.train.pt")["step"] == 4
+    assert load_checkpoint(only_run_dir(tmp_path) / "checkpoints" / "protonet-image-none.train.pt")["step"] == 4
 
 
 def test_concurrent_identical_run_is_refused(tmp_path, capsys):
@@ -209,7 +192,7 @@ def test_full_disk_keeps_finished_methods(tmp_path, monkeypatch, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "rows.jsonl: the disk is full" in err and "Traceback" not in err
-    folder = run_dir(tmp_path)
+    folder = only_run_dir(tmp_path)
     rows = read_rows(folder / "rows.jsonl")
     assert set(rows["modalities"]) == {"image"} and len(rows) == 4 * 2  # first method intact, whole
     assert not list(folder.glob(".*.tmp"))
@@ -327,7 +310,7 @@ def test_fuzz_settings_never_fail_internally(tmp_path_factory):
         import io
         from contextlib import redirect_stderr, redirect_stdout
 
-        args = ["run", *TINY, "--train-episodes", "2", "--set", "train.val_every=2", "--set", "train.val_episodes=2",
+        args = ["run", *TINY_ONE_PROTOCOL, "--train-episodes", "2", "--set", "train.val_every=2", "--set", "train.val_episodes=2",
                 "--out", str(out), "--learners", learner, "--modalities", modality, "--fusions", fusion,
                 "--ways", str(way), "--shots", str(shot), "--queries", str(query),
                 "--query-modalities", query_modalities, "--set", f"train.way={train_way}",

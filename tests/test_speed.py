@@ -22,8 +22,7 @@ from learners.text import BagOfWords
 from tasks.datasets.shapes import generate
 from tasks.episode import EpisodeLoader, TaskSetting, parse_modalities
 from tasks.sampler import EpisodeManifest
-from tests.test_cli import TINY, only_run_dir, run_cli
-from tests.test_maml import make, tasks
+from tests.conftest import TINY, make, only_run_dir, run_cli, tasks
 
 IMAGE = TaskSetting(("image",), ("image",))
 
@@ -162,6 +161,7 @@ def test_zero_head_first_step_skips_only_exact_zeros(options):
     exactly zero); loss and meta-gradients equal the textbook loop, which computes everything."""
     options = dict(options)
     name, steps, first_order = options.pop("name", "maml"), options["train_steps"], options.get("first_order", False)
+    options["head"] = "zero"  # Kao et al.'s zero head (the default is Finn's learned head)
     learner = make(name, **options).train()
     inner = [n for n in learner.initial_params(3) if learner.is_inner(n)]
     assert learner.stepped_names(learner.initial_params(3), 0) == [n for n in inner if n in HEAD]
@@ -199,7 +199,8 @@ def test_zero_head_first_step_skip_holds_for_fused_image_and_text(fusion):
         torch.manual_seed(0)
         spec = ModelSpec(("image", "text"), setting, data.image_shape, backbone_options={"hidden": 4, "strided": True},
                          text_encoder=text, fusion=fusion)
-        learners.append(LEARNERS.get("maml")(spec, LEARNERS.get("maml").Config(train_steps=2)).double().train())
+        config = LEARNERS.get("maml").Config(train_steps=2, head="zero")
+        learners.append(LEARNERS.get("maml")(spec, config).double().train())
     learner, textbook = learners
     learner.loss(batch).backward()
     reference_maml_backward(textbook, batch, 2, textbook.config.train_step_size, first_order=False)
@@ -265,9 +266,9 @@ def test_task_batching_falls_back_to_the_loop_where_it_cannot_run():
     assert not make(batch_norm="running").train().can_batch_tasks(batch)  # shared running statistics
     assert not make(checkpoint=True).train().can_batch_tasks(batch)
     assert not make().train().can_batch_tasks(batch[:1])
-    uneven = tasks(2) + tasks(1, way=4)
-    assert not make().train().can_batch_tasks(uneven)
-    learner = make().train()
+    uneven = tasks(2) + tasks(1, way=4)  # tasks of different ways need the zero head (any number of ways)
+    assert not make(head="zero").train().can_batch_tasks(uneven)
+    learner = make(head="zero").train()
     loss = learner.loss(uneven)  # falls back and still runs
     assert torch.isfinite(loss)
 
@@ -361,7 +362,8 @@ def test_compile_backbone_keeps_the_state_dict_and_skips_maml():
 
 def test_train_compile_runs_and_is_recorded(tmp_path, capsys):
     args = TINY + ["--set", "methods=[protonet:image, maml:image]", "--set", "train.compile=eager",
-                   "--set", "train_overrides.maml.way=3", "--shots", "1", "--out", str(tmp_path)]
+                   "--set", "train_overrides.maml.way=3", "--set", "learner_options.maml.head=zero",  # any way
+                   "--shots", "1", "--out", str(tmp_path)]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())

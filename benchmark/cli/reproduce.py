@@ -9,8 +9,8 @@ from tasks.errors import BenchmarkError
 EXAMPLES = """\
 examples:
   python run_benchmark.py reproduce --list
-  python run_benchmark.py reproduce omniglot_protonet_5w1s --data-root ../shared/data --threads 1
-  python run_benchmark.py reproduce omniglot_protonet_5w1s_short --data-root ../shared/data --eval-only
+  python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --threads 2
+  python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --eval-only
 """
 
 
@@ -25,34 +25,36 @@ class Reproduce(Subcommand):
         add("--list", action="store_true", help="list the protocols with published and committed numbers")
         add("--data-root", help="folder holding the dataset in its official layout")
         add("--eval-only", action="store_true",
-            help="evaluate the committed checkpoint results/checkpoints/NAME.pt instead of training")
+            help="re-evaluate results/checkpoints/NAME.pt into results/checks/NAME.json (rows unchanged)")
         add("--test-episodes", type=int,
             help="with --eval-only: only the first N episodes of the fixed manifest (a quick check)")
-        add("--out", default="runs/reproduce", help="run folder (default: runs/reproduce)")
+        add("--out", help="run folder (default: results/training; runs/reproduce with --eval-only)")
         add("--device", default="cpu", help="cpu, cuda, cuda:N")
         add("--threads", type=int, default=0, help="torch CPU threads")
 
     def run(self, args: argparse.Namespace) -> int:
-        from benchmark import reproduce
+        from benchmark import reproduce, reproduce_eval, reproduce_train
 
+        results = reproduce.RESULTS_DIR
         if args.list or not args.name:
-            print(reproduce.list_protocols())
+            print(reproduce.list_protocols(results_dir=results))
             return 0
-        protocol = reproduce.load_protocol(args.name)
+        protocol = reproduce.load_protocol(args.name, results_dir=results)
         if args.test_episodes is not None and not args.eval_only:
-            raise BenchmarkError("--test-episodes only applies with --eval-only (training uses the protocol's manifest)")
+            raise BenchmarkError("--test-episodes only applies with --eval-only "
+                                 "(training uses the protocol's manifest)")
         if args.eval_only:
-            outcome = reproduce.evaluate_checkpoint(protocol, args.data_root, args.out, args.threads, args.device,
-                                                    args.test_episodes)
-            match = reproduce.matches_committed(outcome)
-            print(outcome.describe())
-            print("committed episodes reproduced exactly: "
-                  + {True: "yes", False: "NO", None: "(nothing committed)"}[match])
-            if outcome.full_manifest:
-                reproduce.record_outcome(outcome, data_root=args.data_root)
-            return 0 if match is not False else 1
-        outcome = reproduce.train_protocol(protocol, args.data_root, args.out, args.threads, args.device)
-        print(outcome.describe())
-        print(f"recorded in {reproduce.RESULTS_DIR / 'reproduced.csv'} and README.md; "
-              f"checkpoint results/checkpoints/{protocol.name}.pt")
+            commit = reproduce_eval.tree_commit()  # the code that evaluates, not what the tree holds afterwards
+            outcomes = reproduce_eval.evaluate_checkpoint(protocol, args.data_root, args.out or "runs/reproduce",
+                                                          args.threads, args.device, args.test_episodes, results)
+            print("\n\n".join(o.describe() for o in outcomes))
+            command = reproduce_eval.eval_command(protocol, args.data_root, args.test_episodes, args.threads)
+            path, equal = reproduce_eval.write_check(protocol, outcomes, command, args.device, results, commit)
+            print(f"check written to {path} (the rows of reproduced.csv are unchanged); committed episodes "
+                  f"reproduced exactly: {'yes' if equal else 'NO'}")
+            return 0 if equal else 1
+        outcomes = reproduce_train.train_protocol(protocol, args.data_root, args.out, args.threads, args.device,
+                                                  results)
+        print("\n\n".join(o.describe() for o in outcomes))
+        print(f"recorded in {results / 'reproduced.csv'} and README.md; {reproduce.checkpoint_path(protocol, results)}")
         return 0

@@ -21,7 +21,7 @@ examples:
   python run_benchmark.py --shots 1 --test-episodes 200 --train-episodes 100
   python run_benchmark.py --learners protonet --modalities image+text --fusions attention \\
       --query-modalities image                 # queries without text
-  python run_benchmark.py --config benchmark/configs/omniglot_protonet_5w1s.yaml --data-root ../shared/data \\
+  python run_benchmark.py --config benchmark/configs/omniglot_protonet_1shot.yaml --data-root ../shared/data \\
       --set train.lr=0.0005
   python run_benchmark.py ls learners          # what is registered ('ls fusions', 'ls datasets', ...)
 
@@ -87,7 +87,15 @@ class Run(Subcommand):
             log.info("--deterministic: deterministic kernels only. The cost is speed on GPU (cuDNN autotuning off, "
                      "slower deterministic kernels; not yet measured for this suite: compare `perf --device cuda` "
                      "with and without) and an error naming any operation that has no deterministic kernel")
-        bench = Benchmark(config_from_args(args), resume=args.resume)
+        from benchmark import distributed
+
+        cfg = config_from_args(args)
+        if not distributed.init_from_env(cfg.device).is_main:  # under torchrun: ranks > 0 train, write nothing
+            logging.getLogger().setLevel(logging.WARNING)
+            distributed.follow(Benchmark(cfg, resume=args.resume))
+            distributed.shutdown()
+            return 0
+        bench = Benchmark(cfg, resume=args.resume)
         log.info("run %s: %d methods, writing to %s", bench.run_id, len(bench.methods), bench.run_dir)
         if bench.cfg.note:
             log.info("note: %s", bench.cfg.note)
@@ -96,6 +104,7 @@ class Run(Subcommand):
             table = bench.run()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            distributed.shutdown()
         print(format_table(table))
         print(f"\nresults: {bench.run_dir}/summary.md  (rows.jsonl, run.json)  "
               f"wall time {time.perf_counter() - start:.0f} s")

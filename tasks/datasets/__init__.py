@@ -1,7 +1,7 @@
 """Datasets: the registry and the loaders that fill it.
 
 One module per dataset family: ``shapes`` (built in), ``omniglot``, ``imagenet``
-(``miniimagenet``, ``tieredimagenet``), ``cifar`` (``cifarfs``, ``fc100``), ``cub``
+(``miniimagenet``), ``tieredimagenet``, ``cifar`` (``cifarfs``, ``fc100``), ``cub``
 and ``userdata`` (``imagetext_folder``, ``hf``). Each registered class has
 ``load(data_root=None, download=False, **options) -> FewShotDataset``.
 """
@@ -9,8 +9,8 @@ import inspect
 
 from tasks.datasets.base import DATASETS, SPLITS, FewShotDataset
 from tasks.datasets import shapes  # noqa: F401  (registers the built-in dataset)
-from tasks.datasets import cifar, cub, imagenet, omniglot, userdata  # noqa: F401  (register the real datasets)
-from tasks.errors import BenchmarkError, suggest
+from tasks.datasets import cifar, cub, imagenet, omniglot, tieredimagenet, userdata  # noqa: F401  (register)
+from tasks.options import check_options
 
 __all__ = ["DATASETS", "SPLITS", "FewShotDataset", "describe_dataset", "load_dataset"]
 
@@ -19,17 +19,10 @@ def load_dataset(name: str, data_root: str | None = None, **options) -> FewShotD
     """Build the dataset registered as ``name`` (see ``ls datasets``).
 
     Raises:
-        BenchmarkError: an option the loader does not take (lists the ones it does).
+        BenchmarkError: an option the loader does not take (with the closest ones) or of the wrong type.
     """
     loader = DATASETS.get(name)
-    params = inspect.signature(loader.load).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        accepted = [k for k in params if k != "data_root"]
-        for key in options:
-            if key not in params:
-                raise BenchmarkError(
-                    f"dataset {name!r} has no option {key!r}; its options are {accepted}.{suggest(key, accepted)}"
-                )
+    check_options("dataset", name, loader, options, "dataset_options", supplied=("data_root",))
     return loader.load(data_root=data_root, **options)
 
 

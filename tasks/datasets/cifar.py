@@ -88,8 +88,6 @@ def _make(name: str, images, fine, coarse, fine_names, coarse_names, split_class
 class CifarFS:
     """CIFAR-FS (Bertinetto et al. 2019): CIFAR-100, 64/16/20 classes, 600 images each, 32x32 RGB."""
 
-    text_kinds = ("class",)
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, image_size: int = 32) -> FewShotDataset:
         """Read ``cifar-100-python`` under ``data_root`` with the CIFAR-FS class split."""
@@ -108,8 +106,6 @@ class CifarFS:
 @DATASETS.register("fc100")
 class FC100:
     """FC100 (Oreshkin et al. 2018): CIFAR-100 split by super-class, 12/4/4 super-classes (60/20/20 classes)."""
-
-    text_kinds = ("class",)
 
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, image_size: int = 32) -> FewShotDataset:

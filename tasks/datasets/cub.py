@@ -61,8 +61,6 @@ def _captions(text_dir: Path, rel_paths: list[str], choice) -> list[str]:
 class CUB:
     """CUB-200-2011 birds: 100/50/50 species (Chen et al. split), 84x84 RGB, Reed et al. captions if present."""
 
-    text_kinds = ("class", "instance")
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, image_size: int = 84, crop_bbox: bool = False,
              captions: bool = True, caption: int | str = 0) -> FewShotDataset:

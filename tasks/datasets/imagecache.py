@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.atomic import atomic_write, atomic_write_text
 from tasks.errors import BenchmarkError
 from tasks.paths import cache_dir
 
@@ -154,10 +155,7 @@ def cached_array(tag: str, key: dict, build: Callable[[], np.ndarray]) -> np.nda
     log.info("decoded %d images for %s in %.1f s", len(array), tag, time.perf_counter() - start)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, array))
         return np.load(path, mmap_mode="r")
     except OSError as err:
         log.warning("could not cache decoded images in %s (%s); they will be decoded again next time", path, err)
@@ -206,7 +204,7 @@ def channel_stats(images: np.ndarray, max_items: int = 20000) -> tuple[tuple[flo
     result = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if sidecar is not None:
         try:
-            sidecar.write_text(json.dumps({"mean": result[0], "std": result[1]}))
+            atomic_write_text(sidecar, json.dumps({"mean": result[0], "std": result[1]}))
         except OSError:
             pass
     return result

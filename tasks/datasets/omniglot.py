@@ -69,13 +69,13 @@ def download(data_root: Path) -> None:
 class OmniglotDataset:
     """Omniglot: 1623 handwritten characters x4 rotations, 20 drawings each, 28x28 grayscale (Vinyals split)."""
 
-    text_kinds = ("class",)
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, split: str = "vinyals",
              image_size: int = 28, rotations: tuple[int, ...] | list[int] = (0, 90, 180, 270),
              val_fraction: float = 0.15, seed: int = 0) -> FewShotDataset:
         """Read ``omniglot-py`` under ``data_root``.
+
+        Long: the layout checks, each with its own message, in the order a user fixes them.
 
         Args:
             data_root: folder holding ``omniglot-py/`` (or ``omniglot-py`` itself).

@@ -1,26 +1,24 @@
 """``shapes``: the built-in image-text few-shot dataset (no download).
 
-Each class is a combination of five attributes. Two are seen only in the image
-(colour, fill pattern), two are stated only in the text (material, place) and
-one is in both (shape). Images vary in position, scale, rotation, lighting,
-background clutter and pixel noise; captions vary in wording (synonyms), word
-order, which attributes they mention and distractor phrases. So neither
-modality alone identifies a class reliably and combining them helps.
+Each class is a combination of five attributes. Two are seen only in the image (colour, fill
+pattern), two are stated only in the text (material, place) and one is in both (shape). Images vary
+in position, scale, rotation, lighting, background clutter and pixel noise; captions vary in wording
+(synonyms), word order, which attributes they mention and distractor phrases. So neither modality
+alone identifies a class reliably and combining them helps.
 
-Generated deterministically from a seed in a few seconds and cached on disk
-as ``.npz`` (images) + ``.json`` (text), keyed by the generator's parameters
-and version.
+Generated deterministically from a seed in a few seconds and cached on disk as ``.npz`` (images) +
+``.json`` (text), keyed by the generator's parameters and version.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from tasks.atomic import atomic_write, atomic_write_text
 from tasks.datasets.base import DATASETS, FewShotDataset
 from tasks.errors import BenchmarkError
 from tasks.paths import cache_dir
@@ -75,11 +73,10 @@ P_MENTION = {"shape": 0.8, "material": 0.7, "place": 0.7}
 def _class_attributes(n_classes: int, rng: np.random.Generator) -> list[dict[str, str]]:
     """Attribute combinations of the classes.
 
-    Classes come in families that share a shape: within a family, every one of
-    ``LOOKS_PER_SHAPE`` looks (colour, pattern) is crossed with every one of
-    ``STORIES_PER_SHAPE`` stories (material, place). So each look is shared by
-    many classes that only the text tells apart, and each story by several
-    classes that only the image tells apart.
+    Classes come in families that share a shape: within a family, every one of ``LOOKS_PER_SHAPE``
+    looks (colour, pattern) is crossed with every one of ``STORIES_PER_SHAPE`` stories (material,
+    place). So each look is shared by many classes that only the text tells apart, and each story by
+    several classes that only the image tells apart.
     """
     looks = list(itertools.product(COLOURS, PATTERNS))
     stories = list(itertools.product(MATERIALS, PLACES))
@@ -233,15 +230,11 @@ def generate(n_classes: int = 240, items_per_class: int = 40, image_size: int = 
 class ShapesDataset:
     """Built-in synthetic image-text dataset: 240 classes, 40 items each, 32x32 RGB + captions."""
 
-    text_kinds = ("class", "instance")
-
     @staticmethod
     def load(data_root: str | None = None, n_classes: int = 240, items_per_class: int = 40,
              image_size: int = 32, seed: int = 0, download: bool = False) -> FewShotDataset:
-        """Load from the cache (``data_root`` or the user cache dir), generating it if needed.
-
-        ``download`` is accepted for a uniform loader API and ignored (nothing to download).
-        """
+        """Load from the cache (``data_root`` or the user cache dir), generating it if needed;
+        ``download`` is accepted for a uniform loader API and ignored (nothing to download)."""
         root = Path(data_root) if data_root else cache_dir()
         stem = root / f"shapes-v{GENERATOR_VERSION}-c{n_classes}-i{items_per_class}-s{image_size}-seed{seed}"
         npz, meta = stem.with_suffix(".npz"), stem.with_suffix(".json")
@@ -261,23 +254,16 @@ class ShapesDataset:
         data = generate(n_classes, items_per_class, image_size, seed)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            _atomic_savez(npz, images=data.images, labels=data.labels,
-                          **{f"split_{k}": v for k, v in data.splits.items()})
-            tmp = meta.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({
+            arrays = {"images": data.images, "labels": data.labels,
+                      **{f"split_{k}": v for k, v in data.splits.items()}}
+            atomic_write(npz, lambda f: np.savez(f, **arrays))
+            atomic_write_text(meta, json.dumps({
                 "class_names": data.class_names, "captions": data.captions,
                 "class_texts": data.class_texts, "mean": data.mean, "std": data.std, "info": data.info,
             }))
-            os.replace(tmp, meta)
         except OSError as err:
             log.warning("could not cache the shapes dataset in %s (%s); it will be regenerated next time", root, err)
         return data
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def save_figure(path: str | Path, seed: int = 0, n_images: int = 6) -> Path:

@@ -177,8 +177,6 @@ def _build(name, images, label_strs, caps, item_splits, class_text_list, fractio
 class ImageTextFolder:
     """Your own images (+ captions, + class descriptions) from a CSV or one folder per class; no code needed."""
 
-    text_kinds = ("class", "instance")
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, csv: str | None = None,
              image_column: str | None = None, label_column: str = "label", caption_column: str | None = None,
@@ -212,15 +210,16 @@ class ImageTextFolder:
 class HuggingFace:
     """Any Hugging Face `datasets` dataset (hub name or local/saved path) with user-named image/label/text columns."""
 
-    text_kinds = ("class", "instance")
-
     @staticmethod
     def load(data_root: str | None = None, download: bool = False, name: str | None = None,
              config: str | None = None, hf_splits: list[str] | None = None, image_column: str = "image",
              label_column: str = "label", text_column: str | None = None, class_text_column: str | None = None,
              split_column: str | None = None, image_size: int = 84, grayscale: bool = False,
              split_fractions=(0.6, 0.2, 0.2), seed: int = 0) -> FewShotDataset:
-        """Load with ``datasets`` and convert (images decoded once, cached by the dataset's fingerprint)."""
+        """Load with ``datasets`` and convert (images decoded once, cached by the dataset's fingerprint).
+
+        Long: finding the source, then mapping its columns, each step with its own error message.
+        """
         import datasets as hfds
 
         if name is None and data_root is None:

@@ -1,0 +1,106 @@
+"""``reproduce NAME --eval-only``: re-evaluate a committed checkpoint and write ``results/checks/NAME.json``.
+
+The check records our number on each fixed test manifest (or a prefix of it), whether the
+per-episode accuracies equal the committed ones exactly, the commit, date and hardware. It never
+changes ``reproduced.csv``: a row describes the run that trained its model, not a later check.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.checkpoint import read_model
+from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, committed_episodes, hardware
+from benchmark.reproduced import RESULTS_DIR, dirty_paths, head_commit
+from benchmark.results import atomic_write_text
+from tasks.errors import BenchmarkError
+
+
+def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, threads: int = 0,
+                        device: str = "cpu", test_episodes: int | None = None,
+                        results_dir: Path = RESULTS_DIR) -> list[Outcome]:
+    """Re-evaluate ``results/checkpoints/<name>.pt`` on the protocol's fixed test manifests.
+
+    Args:
+        test_episodes: evaluate only the first ``test_episodes`` episodes of each manifest (a quick check;
+            compared with the committed per-episode accuracies of those episodes).
+
+    Raises:
+        BenchmarkError: a missing checkpoint, or a manifest that differs from the recorded one.
+    """
+    from benchmark.evaluate import evaluate
+    from benchmark.runner import Benchmark
+
+    checkpoint = checkpoint_path(protocol, results_dir)
+    if not checkpoint.exists():
+        raise BenchmarkError(f"no committed checkpoint {checkpoint}; train it first with "
+                             f"python run_benchmark.py reproduce {protocol.name} --data-root DIR")
+    if threads:
+        torch.set_num_threads(threads)
+    bench = Benchmark(_with_runtime(protocol, data_root, out, threads, device))
+    bench.prepare()
+    if len(bench.methods) != 1:
+        raise BenchmarkError(f"protocol {protocol.name} expands to {len(bench.methods)} methods; it must name one")
+    learner = bench.build_learner(bench.methods[0])
+    learner.load_state_dict(read_model(checkpoint)[0])  # a bare state dict or a self-describing model file
+    committed, outcomes = committed_episodes(protocol, results_dir), []
+    for way, shot in protocol.evals:
+        manifest = bench.test_manifests[(way, shot)][0]
+        recorded = committed.get(f"{way}w{shot}s")
+        if recorded and recorded["manifest_sha256"] != manifest.sha256:
+            raise BenchmarkError(
+                f"the {way}-way {shot}-shot test manifest of {protocol.name} ({manifest.sha256[:12]}) differs from "
+                f"the one the committed number was measured on ({recorded['manifest_sha256'][:12]}): the dataset "
+                "under --data-root or the protocol changed")
+        full = test_episodes is None or test_episodes >= len(manifest.episodes)
+        shown = manifest if full else dataclasses.replace(manifest, episodes=manifest.episodes[:test_episodes])
+        metrics = evaluate(learner, bench.episode_loader(learner), shown, bench.device,
+                           progress=f"eval {protocol.row_name(way, shot)}")
+        outcomes.append(Outcome(protocol, way, shot, metrics["accuracy"], manifest.sha256, full))
+    return outcomes
+
+
+def tree_commit() -> str:
+    """The checked-out commit, with ``-dirty`` when the tree has changes outside reproduce's outputs."""
+    return head_commit() + ("-dirty" if dirty_paths() else "")
+
+
+def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, device: str = "cpu",
+                results_dir: Path = RESULTS_DIR, commit: str | None = None) -> tuple[Path, bool]:
+    """Write ``results/checks/<name>.json``: an eval-only re-evaluation and whether it equals the
+    committed per-episode numbers exactly. Returns the path and that verdict (all rows).
+
+    Args:
+        commit: of the code that evaluated (:func:`tree_commit` taken before evaluating; default: now).
+    """
+    committed = committed_episodes(protocol, results_dir)
+    rows, all_equal = {}, True
+    for o in outcomes:
+        ref = committed.get(f"{o.way}w{o.shot}s")
+        equal = ref is not None and ref["manifest_sha256"] == o.manifest_sha256 and np.array_equal(
+            np.asarray(ref["accuracy"][: len(o.accuracies)], dtype=np.float64), o.accuracies)
+        all_equal &= equal
+        c = o.comparison()
+        rows[o.name] = {"mean": c["mean"], "ci95": c["ci95"], "episodes": len(o.accuracies),
+                        "full_manifest": o.full_manifest, "manifest_sha256": o.manifest_sha256,
+                        "equals_committed_episodes": equal}
+    commit = commit or tree_commit()
+    record = {"protocol": protocol.name, "rows": rows, "equals_committed_episodes": all_equal,
+              "git_commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "hardware": hardware(device), "command": command}
+    path = results_dir / "checks" / f"{protocol.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path, all_equal
+
+
+def eval_command(protocol: Protocol, data_root: str | None, test_episodes: int | None, threads: int) -> str:
+    """The ``--eval-only`` command line recorded in a check."""
+    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {data_root or 'DIR'} --eval-only"
+            + (f" --test-episodes {test_episodes}" if test_episodes is not None else "")
+            + (f" --threads {threads}" if threads else ""))

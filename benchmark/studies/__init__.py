@@ -1,0 +1,1 @@
+"""Studies: multi-method experiments built on the harness pieces (see each module)."""

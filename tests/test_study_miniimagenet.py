@@ -1,0 +1,86 @@
+"""The miniImageNet class-text study end to end on a real 300-image subset (frozen random Conv-4)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.studies.cli import main
+from learners.backbones import Conv4
+from test_datasets import SHARED, needs_shared
+
+pytestmark = needs_shared
+
+
+def _study(tmp_path, checkpoint, *extra: str) -> int:
+    return main(["--data-root", str(SHARED), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "study"),
+                 "--image-size", "32", "--hidden", "8", "--classes-per-split", "5", "--max-per-class", "20",
+                 "--shots", "1", "--test-episodes", "12", "--train-episodes", "4", "--train-way", "5",
+                 "--val-every", "2", "--val-episodes", "3", "--gate-every", "2", "--gate-episodes", "2",
+                 "--text-fractions", "1,0.4,0", "--threads", "1", *extra])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("backbone") / "conv4.pt"
+    torch.save({f"encoder.encoders.image.{k}": v for k, v in Conv4((3, 32, 32), hidden=8).state_dict().items()},
+               path)
+    return path
+
+
+def test_study_writes_paired_comparisons_gates_and_missing_text(tmp_path, checkpoint):
+    methods = "protonet,text_only,am3,fusion_film,fusion_late"
+    assert _study(tmp_path, checkpoint, "--methods", methods) == 0
+    out = tmp_path / "study"
+    rows = pd.read_json(out / "rows.jsonl", lines=True)
+    assert set(rows["method"]) == {"protonet", "text_only", "am3", "fusion_film"}  # late: rejected, recorded
+    assert json.loads((out / "study.json").read_text())["skipped"].keys() == {"fusion_late"}
+    assert rows["manifest_sha256"].nunique() == 1  # one fixed test manifest for every method
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert set(comparison["method"]) == {"text_only", "am3", "fusion_film"}
+    assert comparison["p_value"].between(0, 1).all() and (comparison["n_episodes"] == 12).all()
+    missing = pd.read_csv(out / "missing_text.csv")
+    assert set(missing["method"]) == {"text_only", "am3", "fusion_film"}
+    assert sorted(missing["text_fraction"].unique()) == [0.0, 0.4, 1.0]
+    by_p = rows.set_index(["method", "text_fraction", "episode"])["value"].sort_index()
+    for method in ("text_only", "am3"):  # without text AM3's prototypes are the image ones, i.e. ProtoNet's
+        assert (by_p[method, 0.0].to_numpy() == by_p["protonet", 1.0].to_numpy()).all()
+    gates = pd.read_csv(out / "gates.csv")
+    assert set(gates["method"]) == {"am3"} and set(gates["split"]) == {"train", "val", "test"}
+    assert sorted(gates["step"].unique()) == [0, 2]
+    per_class = [json.loads(line) for line in (out / "gates-am3-1shot.jsonl").read_text().splitlines()]
+    assert all(len(r["gates"]) == 5 for r in per_class)
+    assert (out / "summary.md").exists() and (out / "checkpoints" / "am3-1shot.pt").exists()
+    before = (out / "rows.jsonl").read_text()
+    assert _study(tmp_path, checkpoint, "--methods", methods) == 0  # a rerun finds everything done
+    assert (out / "rows.jsonl").read_text() == before
+    (out / "comparison.csv").unlink()
+    (out / "gates_overview.csv").unlink()
+    (out / "rows.jsonl").unlink()  # as in a clone: only the compressed copy is committed
+    assert main(["--tables-only", "--out", str(out)]) == 0  # the tables come back from the rows alone
+    pd.testing.assert_frame_equal(pd.read_csv(out / "comparison.csv"), comparison)
+    overview = pd.read_csv(out / "gates_overview.csv")
+    assert set(overview["split"]) == {"train", "val", "test"} and overview["gate_kept"].between(0, 1).all()
+
+
+def test_study_errors_name_what_to_fix(tmp_path, checkpoint, capsys):
+    assert _study(tmp_path, checkpoint, "--methods", "am3") == 2
+    assert "keep it in --methods" in capsys.readouterr().err
+    assert _study(tmp_path, checkpoint, "--methods", "protonet,am4") == 2
+    assert "unknown study method(s) ['am4']" in capsys.readouterr().err
+    assert _study(tmp_path, tmp_path / "missing.pt", "--methods", "protonet") == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert _study(tmp_path, checkpoint, "--text-fractions", "1,2") == 2
+    assert "2.0 is not in [0, 1]" in capsys.readouterr().err
+    assert _study(tmp_path, checkpoint, "--train-way", "1") == 2
+    assert "--train-way 1 is out of range: it must be >= 2" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert _study(tmp_path, checkpoint, "--out", str(tmp_path / "file" / "study")) == 2
+    assert "cannot create the study folder" in capsys.readouterr().err
+    assert main(["--tables-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert "rows.jsonl does not exist" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "nothing")]) == 2
+    assert "give --data-root and --checkpoint" in capsys.readouterr().err
