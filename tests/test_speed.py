@@ -211,33 +211,40 @@ def test_zero_head_first_step_skip_holds_for_fused_image_and_text(fusion):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-11)
 
 
-def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size(two_threads):
+@pytest.mark.parametrize("head", ["zero", pytest.param("learned", marks=pytest.mark.slow)])
+def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size(two_threads, head):
     """The perf script's MAML case (strided Conv-4-64, 32 tasks of 5w1s15q) in float32, 5 seeds.
 
-    The default fast path must match the NCHW textbook loop to 1e-5 of the largest gradient.
-    ``query_channels_last=True`` cannot (see :class:`Float32Errors`): against float64, its bulk
-    error must stay within 4x, and its events within twice, those of the worse of two textbook
-    loops that differ only in layout (NCHW and channels-last).
+    Both fast paths are judged against float64 next to two textbook loops that differ only in layout
+    (NCHW, channels-last), not against one loop: one seed's largest error is a rounding event that
+    flips with the order of additions (see :class:`Float32Errors`). Measured on an AMD EPYC, seed 0:
+    fast vs NCHW loop 1.25e-3 of the largest gradient, because the *loop* is 1.25e-3 off float64
+    (fast 8.0e-5); bulk 9.7e-8 (fast) vs 9.8e-8 (loop). Over the 5 seeds: bulk 1.00x the NCHW
+    loop's, events 0.50x the loops' (fast_cl: 0.65x, 0.50x). Bounds: bulk within 1.25x the NCHW loop's
+    (``query_channels_last=True``, whose batch norm sums less accurately: 4x the worse loop's),
+    events within 2x the loops'. Caught: batch-norm eps 10x in the fast path (bulk 4.1e-4, ~4000x),
+    one conv layer's gradient x1.001 (1.6x). ``head`` is named so the test keeps its meaning when
+    MAML's default head changes.
     """
     cpu = torch.device("cpu")
-    errors = Float32Errors()  # the zero head, as the perf case was measured (the default is now Finn's head)
+    errors = Float32Errors()
+    options = {"head": head, "n_way": 5} if head == "learned" else {"head": head}
     for seed in range(5):
         data = workloads.random_dataset((1, 28, 28), 60, 20, seed=seed)
         batch = workloads.episodes(data, "train", 5, 1, 15, 32, cpu)
         torch.manual_seed(seed)
         models = {
-            "fast": workloads.build("maml", (1, 28, 28), cpu, strided=True, head="zero").train(),
-            "fast_cl": workloads.build("maml", (1, 28, 28), cpu, strided=True, query_channels_last=True,
-                                       head="zero").train(),
+            "fast": workloads.build("maml", (1, 28, 28), cpu, strided=True, **options),
+            "fast_cl": workloads.build("maml", (1, 28, 28), cpu, strided=True, query_channels_last=True, **options),
             "loop": workloads.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
-                               task_batching=False, head="zero").train(),
-            "loop_cl": workloads.build("maml", (1, 28, 28), cpu, strided=True, task_batching=False,
-                                       head="zero").train(),
+                                    task_batching=False, **options),
+            "loop_cl": workloads.build("maml", (1, 28, 28), cpu, strided=True, task_batching=False, **options),
             "truth": workloads.build("maml", (1, 28, 28), cpu, strided=True, channels_last=False,
-                                task_batching=False, head="zero").double().train(),
+                                     task_batching=False, **options).double(),
         }
         for model in models.values():
             model.load_state_dict(models["fast"].state_dict())
+            model.train()
         for name in ("fast", "fast_cl"):
             assert models[name].can_batch_tasks(batch)
             models[name].loss(batch).backward()
@@ -245,13 +252,14 @@ def test_task_batched_meta_gradient_is_accurate_in_float32_at_full_size(two_thre
             reference_maml_backward(models[name], batch, 1, models[name].config.train_step_size, first_order=False)
         models["truth"].loss(as_double(batch)).backward()
         grads = {name: flat_grads(model) for name, model in models.items()}
-        exact = grads["truth"]
-        assert float((grads["fast"] - grads["loop"]).abs().max()) <= 1e-5 * float(exact.abs().max()), seed
-        for name in ("fast_cl", "loop", "loop_cl"):
-            errors.add(name, grads[name], exact)
-    loops = ("loop", "loop_cl")
-    assert errors.median_bulk("fast_cl") <= 4 * max(errors.median_bulk(n) for n in loops), errors.bulk
-    assert max(errors.worst["fast_cl"]) <= 2 * max(max(errors.worst[n]) for n in loops), errors.worst
+        for name in ("fast", "fast_cl", "loop", "loop_cl"):
+            errors.add(name, grads[name], grads["truth"])
+    loop_worst = max(max(errors.worst[n]) for n in ("loop", "loop_cl"))
+    # the NCHW fast path does the loop's arithmetic, batched: its bulk is the NCHW loop's, to ~1%
+    assert errors.median_bulk("fast") <= 1.25 * errors.median_bulk("loop"), errors.bulk
+    assert errors.median_bulk("fast_cl") <= 4 * max(errors.median_bulk(n) for n in ("loop", "loop_cl")), errors.bulk
+    for name in ("fast", "fast_cl"):
+        assert max(errors.worst[name]) <= 2 * loop_worst, (name, errors.worst)
 
 
 def test_task_batching_falls_back_to_the_loop_where_it_cannot_run():
