@@ -82,8 +82,7 @@ class Benchmark:
         self.test_manifests: dict[tuple[int, int], tuple[EpisodeManifest, Path]] = {}  # (way, shot) -> (manifest, file)
         self.text: TextInputs | None = None
         self.skipped: dict[str, str] = {}  # method label -> why it cannot run in this setting
-        # filled by run():
-        self.method_records: dict[str, dict] = {}  # method slug -> training history, wall time, checkpoint
+        self.method_records: dict[str, dict] = {}  # filled by run(): slug -> training history, wall time, model
         self.allocator: dict[str, object] | None = None
 
     # -- data ---------------------------------------------------------------------------------

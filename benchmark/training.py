@@ -33,8 +33,8 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                path: Path, resume: bool, train_log: TrainLog | None = None) -> dict:
     """Episodic meta-training with validation-based model selection; keeps the best state.
 
-    (Long: one loop whose step, validation, log and checkpoint order is what makes a resumed run
-    step-exact; splitting it would scatter that order.)
+    Long: one loop whose step, validation, log and checkpoint order is what makes a resumed run
+    step-exact; splitting it would scatter that order.
 
     With ``cfg.val_every == 0`` there is no validation (e.g. training on train + val classes, as
     Snell et al.'s final models) and the state after the last step is kept.

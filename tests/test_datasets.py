@@ -192,7 +192,7 @@ def test_miniimagenet_subset_is_its_own_dataset(mini):
 @pytest.mark.parametrize("options, match", [
     ({"max_per_class": 0}, "max_per_class=0 must be a positive integer"),
     ({"classes_per_split": -1}, "classes_per_split=-1 must be a positive integer"),
-    ({"max_per_class": 2.5}, "max_per_class=2.5"),
+    ({"max_per_class": 2.5}, "max_per_class: expected an integer, got 2.5"),
     ({"classes_per_split": 17}, r"classes_per_split=17 asks for more classes than .*val.csv has \(16\)"),
 ])
 def test_miniimagenet_subset_options_are_checked(options, match):

@@ -13,6 +13,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.methods import parse_method
+from benchmark.metrics import METRICS
 from benchmark.results import read_rows
 from benchmark.sweep import load_sweep
 from tasks.errors import BenchmarkError
@@ -80,7 +81,7 @@ def test_ray_sweep_writes_the_rows_of_the_local_sweep(local_sweep, ray_address, 
     pids = {c["pid"] for c in json.loads((out / "sweep.json").read_text())["cells"]}
     assert os.getpid() not in pids  # the cells ran in Ray workers
     rows = read_rows(out / "rows.jsonl")
-    assert len(rows) == 4 * 4 * 2 and not rows.duplicated(KEY).any()  # cells x test episodes x metrics
+    assert len(rows) == 4 * 4 * len(METRICS) and not rows.duplicated(KEY).any()  # cells x test episodes x metrics
     assert (out / "rows.jsonl").read_bytes() == (local_sweep / "rows.jsonl").read_bytes()
     assert (out / "summary.csv").read_bytes() == (local_sweep / "summary.csv").read_bytes()
     assert len(list((out / "manifests").glob("*test*"))) == 2  # one manifest per seed, shared by the methods
@@ -112,25 +113,25 @@ def test_killed_ray_driver_resumes_without_redoing_cells(ray_address, tmp_path):
     if interrupted:  # a cell killed with its worker continues from its training checkpoint
         assert "resuming from step" in resumed.stderr
     rows = read_rows(out / "rows.jsonl")
-    assert len(rows) == 4 * 4 * 2 and not rows.duplicated(KEY).any()
+    assert len(rows) == 4 * 4 * len(METRICS) and not rows.duplicated(KEY).any()
     assert rows["run_id"].nunique() == 4
 
 
 def test_failed_cell_is_reported_and_the_others_kept(tmp_path):
     text = TINY_SWEEP.replace("methods: [protonet:image, protonet:text]", "methods: [protonet:image, maml:image]")
     text = text.replace("seeds: [0, 1]", "seeds: [0]").replace("  threads: 1\n", "  threads: 1\n"
-                                                               "  learner_options: {maml: {no_such_option: 1}}\n")
+                                                               "  learner_options: {maml: {n_way: 3}}\n")  # fails when it trains
     out, path = tmp_path / "out", sweep_file(tmp_path, text)
     assert main(["sweep", str(path), "--out", str(out)]) == 1
     assert statuses(out) == {"shapes/protonet-image-none/1s/seed0": "finished",
                              "shapes/maml-image-none/1s/seed0": "failed"}
     error = json.loads((out / "sweep.json").read_text())["cells"][1]["error"]
-    assert "no_such_option" in error
+    assert "n_way" in error
     assert set(read_rows(out / "rows.jsonl")["learner"]) == {"protonet"}
     best = load_sweep(path, str(out)).cells[0].run_dir / "checkpoints" / "protonet-image-none.pt"
     stamp = best.stat().st_mtime_ns
     assert main(["sweep", str(path), "--out", str(out)]) == 1  # the failed cell fails again, alone
-    assert best.stat().st_mtime_ns == stamp and read_rows(out / "rows.jsonl").shape[0] == 4 * 2  # episodes x metrics
+    assert best.stat().st_mtime_ns == stamp and read_rows(out / "rows.jsonl").shape[0] == 4 * len(METRICS)  # episodes x metrics
 
 
 @pytest.mark.slow

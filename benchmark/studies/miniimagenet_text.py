@@ -20,7 +20,6 @@ and resumes an interrupted training from its checkpoint.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -34,7 +33,7 @@ from benchmark.config import TrainConfig, component_config
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method
 from benchmark.provenance import git_commit
-from benchmark.results import append_rows, atomic_write_bytes, atomic_write_text, read_rows
+from benchmark.results import append_rows, atomic_save, atomic_write_text, read_rows
 from benchmark.studies import classtext
 from benchmark.training import meta_train
 from learners import LEARNERS, TEXT_ENCODERS, ModelSpec
@@ -174,9 +173,8 @@ class Study:
         """Train, evaluate (all text, then each text fraction) and save one (method, shot)."""
         start = time.perf_counter()
         learner, history = self.train(label, shot)
-        buffer = io.BytesIO()
-        torch.save({k: v for k, v in learner.state_dict().items() if not k.startswith("encoder.")}, buffer)
-        atomic_write_bytes(self.out / "checkpoints" / f"{label}-{shot}shot.pt", buffer.getvalue())
+        head = {k: v for k, v in learner.state_dict().items() if not k.startswith("encoder.")}
+        atomic_save(self.out / "checkpoints" / f"{label}-{shot}shot.pt", lambda f: torch.save(head, f))
         manifest, loader = self.manifest("test", shot, self.cfg.test_episodes), self.loader()
         results = {1.0: evaluate(learner, loader, manifest, self.device)["accuracy"]}
         if hasattr(learner, "set_class_text_available"):
