@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,15 +201,9 @@ def hardware(device: str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} thread(s)"
+    from benchmark.provenance import cpu_model
+
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} thread(s)"
 
 
 def checkpoint_path(protocol: Protocol, results_dir: Path = RESULTS_DIR) -> Path:

@@ -376,6 +376,9 @@ def test_perf_script_smoke(tmp_path):
     out = tmp_path / "perf.json"
     assert main(["perf", "--smoke", "--compile", "eager", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    from benchmark.provenance import cpu_model
+
+    assert result["device_name"] == cpu_model() != ""  # every figure names its CPU model
     cases = result["cases"]
     assert set(cases) == {"sampling", "protonet_train", "maml_second_order", "maml_first_order", "maml_peer",
                           "maml_memory", "eval", "flops"}

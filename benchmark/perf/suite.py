@@ -31,7 +31,6 @@ import argparse
 import functools
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -204,7 +203,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
 
     ``smoke`` shrinks every case (1 repeat, meta-batch 4, 20 episodes) to check the script only.
     """
-    from benchmark.provenance import package_versions, resolve_device
+    from benchmark.provenance import cpu_model, package_versions, resolve_device
 
     check_compile_backend(compile_backend, "--compile")
     allocator = keep_freed_memory()  # the same for every implementation measured
@@ -232,7 +231,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
 
         raise BenchmarkError(f"unknown perf case(s) {sorted(unknown)}; choose from {list(all_cases)}")
     result: dict = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
-                    else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+                    else cpu_model(), "torch_threads": torch.get_num_threads(),
                     "mode": "smoke" if smoke else "long" if long else "quick", "repeats": repeats,
                     "compile_backend": compile_backend, "allocator": allocator, "packages": package_versions(), "cases": {}}
     start = time.perf_counter()
