@@ -62,9 +62,12 @@ class MAML(TaskBatchedMAML, Learner):
         task_batching: take the inner steps of all tasks of a meta-batch together, as grouped
             convolutions (:mod:`learners.taskbatch`), where the encoder allows it; the same
             meta-gradients as the per-task loop.
-        query_chunk: with task batching, the query side runs forward and backward this many tasks
-            at a time inside :meth:`loss`, so only one chunk's query activations are held
-            (0: all tasks at once). The same loss and meta-gradients either way.
+        query_chunk_images: with task batching, the query side runs forward and backward inside
+            :meth:`loss` in chunks of whole tasks holding about this many query images (at least
+            one task per chunk), so only one chunk's query activations are held (0: all tasks at
+            once). The same loss and meta-gradients either way. The default 160 was measured
+            fastest on 2 CPU cores (docs/speed.md): 2 tasks a chunk with 15 queries per class,
+            all 32 tasks at once with 1 query.
         query_channels_last: run the batched query side with channels-last activations. A step is
             somewhat faster on CPU (docs/speed.md), but PyTorch's channels-last batch norm (CPU) sums
             its statistics less accurately, so float32 meta-gradients end up about as far from
@@ -84,7 +87,7 @@ class MAML(TaskBatchedMAML, Learner):
         n_way: int = 5
         checkpoint: bool = False
         task_batching: bool = True
-        query_chunk: int = 4
+        query_chunk_images: int = 160
         query_channels_last: bool = False
 
         def __post_init__(self) -> None:
@@ -92,7 +95,7 @@ class MAML(TaskBatchedMAML, Learner):
                 raise ValueError(f"batch_norm must be 'transductive' or 'running', got {self.batch_norm!r}")
             if self.head not in ("zero", "learned"):
                 raise ValueError(f"head must be 'zero' or 'learned', got {self.head!r}")
-            for key in ("train_steps", "test_steps", "query_chunk"):
+            for key in ("train_steps", "test_steps", "query_chunk_images"):
                 if getattr(self, key) < 0:
                     raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
             if self.n_way < 2:

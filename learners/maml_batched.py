@@ -86,15 +86,22 @@ class TaskBatchedMAML:
     def query_loss(self, params: Params, query: Tensor, labels: Tensor) -> Tensor:
         """Mean query loss of ``T`` tasks at their adapted ``params`` (``name -> [T, *shape]``).
 
-        ``query [T, Q, C, H, W]``, ``labels [T, Q]``. With gradients on and ``query_chunk`` below
-        ``T`` the query side's backward is taken here, in chunks (:meth:`_chunked_query_loss`);
-        ``backward`` on the result gives the same gradients either way.
+        ``query [T, Q, C, H, W]``, ``labels [T, Q]``. With gradients on and more than one chunk of
+        ``query_chunk_images`` (:meth:`tasks_per_query_chunk`), the query side's backward is taken
+        here, in chunks (:meth:`_chunked_query_loss`); ``backward`` on the result gives the same
+        gradients either way.
         """
-        chunk = self.config.query_chunk
-        if chunk and chunk < len(query) and torch.is_grad_enabled():
+        chunk = self.tasks_per_query_chunk(*query.shape[:2])
+        if chunk < len(query) and torch.is_grad_enabled():
             return self._chunked_query_loss(params, query, labels, chunk)
         logits = self.task_batched_logits(params, query, self.config.query_channels_last)
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    def tasks_per_query_chunk(self, n_tasks: int, queries_per_task: int) -> int:
+        """Tasks in one chunk of the query side: about ``query_chunk_images`` images, at least one
+        task, at most ``n_tasks`` (all of them when ``query_chunk_images`` is 0)."""
+        images = self.config.query_chunk_images
+        return min(n_tasks, max(1, images // queries_per_task)) if images else n_tasks
 
     def _chunked_query_loss(self, params: Params, query: Tensor, labels: Tensor, chunk: int) -> Tensor:
         """The mean query loss, with the query side's backward already taken, ``chunk`` tasks at a time.

@@ -132,14 +132,16 @@ def test_channels_last_protonet_gradients_are_as_accurate_as_nchw(two_threads):
     ("maml", False, 1, "zero"), ("maml", False, 2, "learned"), ("maml", True, 2, "zero"),
     ("anil", False, 2, "learned"), ("fomaml", True, 1, "learned"),
 ])
-@pytest.mark.parametrize("query_chunk,query_channels_last", [(0, False), (3, False), (3, True)])  # chunks: 3 and 1
-def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, steps, head, query_chunk,
+# 6 query images per task: 18 images make chunks of 3 tasks and 1 task
+@pytest.mark.parametrize("query_chunk_images,query_channels_last", [(0, False), (18, False), (18, True)])
+def test_task_batched_meta_gradient_equals_the_per_task_loop(name, first_order, steps, head, query_chunk_images,
                                                              query_channels_last):
-    batched = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3, query_chunk=query_chunk,
-                   query_channels_last=query_channels_last).train()
+    batched = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3,
+                   query_chunk_images=query_chunk_images, query_channels_last=query_channels_last).train()
     looped = make(name, first_order=first_order, train_steps=steps, head=head, n_way=3, task_batching=False).train()
     batch = tasks(4)
     assert batched.can_batch_tasks(batch) and not looped.can_batch_tasks(batch)
+    assert batched.tasks_per_query_chunk(4, 6) == (3 if query_chunk_images else 4)
     losses = []
     for learner in (batched, looped):
         learner.zero_grad(set_to_none=True)
@@ -411,3 +413,11 @@ def test_perf_bad_input_fails_fast_with_a_named_error(tmp_path, capsys, args, me
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing half-written, no empty file left by the writability probe
 
+
+
+@pytest.mark.parametrize("images,n_tasks,queries,expected", [
+    (160, 32, 75, 2), (160, 32, 5, 32), (160, 8, 5, 8), (50, 32, 75, 1), (0, 32, 75, 32),
+])
+def test_query_chunks_hold_about_query_chunk_images(images, n_tasks, queries, expected):
+    """Chunks are whole tasks, about ``query_chunk_images`` query images, at least one task."""
+    assert make(query_chunk_images=images).tasks_per_query_chunk(n_tasks, queries) == expected

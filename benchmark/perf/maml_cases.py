@@ -125,11 +125,11 @@ def case_maml(device: torch.device, repeats: int, first_order: bool, meta_batch:
 
 def case_maml_memory(device: torch.device, meta_batch: int = 8, steps: int = 5) -> dict:
     """Second-order MAML with many inner steps: peak memory and tasks/s of the batched path (its
-    query side in chunks of 4 tasks, the default, and all at once), the per-task loop with
+    query side in chunks of about 160 query images, the default, and all at once), the per-task loop with
     gradient checkpointing, and first order (5w1s15q, strided Conv-4-64)."""
     data = random_dataset((1, 28, 28), 200, 20)
     batch = episodes(data, "train", 5, 1, 15, meta_batch, device)
-    variants = {"second_order": {}, "second_order_query_at_once": {"query_chunk": 0},
+    variants = {"second_order": {}, "second_order_query_at_once": {"query_chunk_images": 0},
                 "second_order_checkpointed": {"checkpoint": True}, "first_order": {"first_order": True}}
     out: dict = {"episode": "5w1s15q", "meta_batch": meta_batch, "inner_steps": steps}
     for name, options in variants.items():
