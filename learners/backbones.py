@@ -118,27 +118,12 @@ class ResNet18(nn.Module):
         :mod:`tasks.features`. The harness feeds these rows as the ``"image"`` input, which
         :meth:`forward` passes through.
         """
-        from tasks.episode import EpisodeLoader, TaskSetting
         from tasks.errors import BenchmarkError
-        from tasks.features import cached_features, weights_hash
+        from tasks.features import frozen_image_features, weights_hash
 
         if not self.frozen:
             raise BenchmarkError("only a frozen resnet18 has fixed per-item features to cache")
-        # the episodes' own normalisation, so that cached rows equal what the network sees in an episode
-        loader = EpisodeLoader(dataset.images, dataset.mean, dataset.std, setting=TaskSetting(("image",), ("image",)))
-
-        def compute() -> Tensor:
-            self.eval()
-            out = []
-            for start in range(0, len(dataset.labels), batch_size):
-                items = torch.arange(start, min(start + batch_size, len(dataset.labels)))
-                out.append(self(loader.side(items, ("image",))["image"].to(device)).float().cpu())
-            return torch.cat(out)
-
-        key = {"encoder": "resnet18", "weights": weights_hash(self.model),
-               "preprocessing": self.preprocessing(dataset.mean, dataset.std), "dataset": dataset.fingerprint()}
-        features, _ = cached_features(key, compute)
-        return features
+        return frozen_image_features(self, "resnet18", weights_hash(self.model), dataset, device, batch_size)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.frozen and x.dim() == 2 and x.shape[1] == self.out_dim:

@@ -99,40 +99,12 @@ class FrozenConv4(nn.Module):
     @torch.no_grad()
     def precompute(self, dataset, device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
         """Features of every item of ``dataset``, ``[n_items, out_dim]``, cached on disk (see module docstring)."""
-        from tasks.features import weights_hash
+        from tasks.features import frozen_image_features, weights_hash
 
-        return precompute_features(self, "conv4_frozen", weights_hash(self.net), dataset, device, batch_size)
+        return frozen_image_features(self, "conv4_frozen", weights_hash(self.net), dataset, device, batch_size)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == self.out_dim:
             return x  # features precomputed by precompute()
         with torch.no_grad():
             return self.net(x)
-
-
-def precompute_features(module: nn.Module, encoder: str, weights: str, dataset, device: torch.device | str,
-                        batch_size: int = 256) -> Tensor:
-    """Run frozen ``module`` over every item of ``dataset`` once, through the on-disk feature cache.
-
-    Images are normalised exactly as episodes normalise them, so a cached row equals what the
-    module sees in an episode. ``module.preprocessing(mean, std)`` is part of the key.
-
-    Returns:
-        float ``[n_items, D]`` in item order.
-    """
-    from tasks.episode import EpisodeLoader, TaskSetting
-    from tasks.features import cached_features
-
-    loader = EpisodeLoader(dataset.images, dataset.mean, dataset.std, setting=TaskSetting(("image",), ("image",)))
-
-    def compute() -> Tensor:
-        module.eval()
-        out = []
-        for start in range(0, len(dataset.labels), batch_size):
-            items = torch.arange(start, min(start + batch_size, len(dataset.labels)))
-            out.append(module(loader.side(items, ("image",))["image"].to(device)).float().cpu())
-        return torch.cat(out)
-
-    key = {"encoder": encoder, "weights": weights, "preprocessing": module.preprocessing(dataset.mean, dataset.std),
-           "dataset": dataset.fingerprint()}
-    return cached_features(key, compute)[0]

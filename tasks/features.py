@@ -79,3 +79,32 @@ def cached_features(key: Mapping[str, str], compute: Callable[[], Tensor],
     except OSError as err:
         log.warning("could not cache features in %s (%s)", path.parent, err)
     return features, False
+
+
+@torch.no_grad()
+def frozen_image_features(module: torch.nn.Module, encoder: str, weights: str, dataset, device: torch.device | str,
+                          batch_size: int = 256) -> Tensor:
+    """Run frozen ``module`` over every image of ``dataset`` once, through the on-disk cache.
+
+    Images are normalised exactly as episodes normalise them, so that a cached row equals what the
+    module sees in an episode. The key holds ``encoder``, ``weights`` (e.g. :func:`weights_hash`),
+    ``module.preprocessing(mean, std)`` and the dataset's fingerprint.
+
+    Returns:
+        float ``[n_items, D]`` in item order.
+    """
+    from tasks.episode import EpisodeLoader, TaskSetting
+
+    loader = EpisodeLoader(dataset.images, dataset.mean, dataset.std, setting=TaskSetting(("image",), ("image",)))
+
+    def compute() -> Tensor:
+        module.eval()
+        out = []
+        for start in range(0, len(dataset.labels), batch_size):
+            items = torch.arange(start, min(start + batch_size, len(dataset.labels)))
+            out.append(module(loader.side(items, ("image",))["image"].to(device)).float().cpu())
+        return torch.cat(out)
+
+    key = {"encoder": encoder, "weights": weights, "preprocessing": module.preprocessing(dataset.mean, dataset.std),
+           "dataset": dataset.fingerprint()}
+    return cached_features(key, compute)[0]
