@@ -89,6 +89,10 @@ def test_readme_is_regenerated_byte_for_byte():
     assert (REPO / "results" / "README.md").read_text() == reproduced.readme_text(table)
     assert (REPO / "results" / "reproduced.csv").read_text() == table.to_csv(index=False)
     assert "meets 0.5-point goal" in reproduced.readme_text(table)
+    top = (REPO / "README.md").read_text()
+    assert top == reproduced.with_summary(top, table)  # the top README's table is the generated one
+    for name in table["name"]:
+        assert f"`{name}`" in top
 
 
 def test_committed_row_matches_its_episodes_and_says_it_is_not_comparable():
