@@ -26,11 +26,13 @@ def test_plain_config_keeps_its_run_id():
 
 
 def test_default_suite_keeps_its_run_id():
-    """The default suite's id changed once, on purpose: its MAML's default head became Finn et al.'s
-    learned head (issue 12; it was 5b865227e7 with the zero head), so its old runs are not reused."""
+    """The default suite's id changed twice, on purpose, so that old runs are not reused: its MAML's
+    default head became Finn et al.'s learned head (issue 12; 5b865227e7 -> e7981d979d), and MAML's
+    query chunks became ``query_chunk_images`` (issue 14; -> c887dea19f), which changes the batched
+    path's summation order."""
     from benchmark.config import default_experiment
 
-    assert config_hash(default_experiment()) == "e7981d979d"
+    assert config_hash(default_experiment()) == "c887dea19f"
 
 
 def test_run_id_covers_learner_option_defaults(monkeypatch):
