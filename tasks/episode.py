@@ -158,6 +158,7 @@ class EpisodeLoader:
         """Inputs of the given items for the listed modalities: modality -> ``[len(items), ...]``."""
         # index_select, not tensor[items]: on a CPU shared with other processes, advanced indexing's
         # parallel region cost milliseconds per call (docs/speed.md); index_select gathers in place
+        items = torch.as_tensor(items, dtype=torch.int64)  # lists and NumPy arrays too
         out: dict[str, Tensor] = {}
         if "image" in modalities and self.image_features is not None:
             out["image"] = self.image_features.index_select(0, items)

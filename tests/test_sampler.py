@@ -85,3 +85,15 @@ def test_manifest_get_reuses_the_saved_file(tiny_dataset, tmp_path):
     mtime = p1.stat().st_mtime_ns
     m2, p2 = EpisodeManifest.get(tmp_path, tiny_dataset, "test", 5, 1, 3, 10, 0)
     assert p1 == p2 and m1.sha256 == m2.sha256 and p2.stat().st_mtime_ns == mtime
+
+
+def test_loader_side_gathers_the_same_items_from_any_index_type():
+    """``EpisodeLoader.side`` (``index_select``) returns the normalised images of the given items,
+    whether they come as a tensor, a list or an int32 NumPy array."""
+    import torch
+
+    images = np.random.default_rng(0).integers(0, 256, size=(10, 1, 3, 3), dtype=np.uint8)
+    loader = EpisodeLoader(images, (0.5,), (0.25,), setting=TaskSetting(("image",), ("image",)))
+    expected = (torch.as_tensor(images[[3, 1, 3]]).float() / 255 - 0.5) / 0.25
+    for items in (torch.tensor([3, 1, 3]), [3, 1, 3], np.array([3, 1, 3], dtype=np.int32)):
+        torch.testing.assert_close(loader.side(items, ("image",))["image"], expected)
