@@ -125,10 +125,11 @@ def save(table: pd.DataFrame, results_dir: Path = RESULTS_DIR) -> None:
     """Write ``reproduced.csv`` (the columns of :data:`REPRODUCED_COLUMNS`) and its ``README.md``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results_dir / "reproduced.csv", table.reindex(columns=REPRODUCED_COLUMNS).to_csv(index=False))
-    atomic_write_text(results_dir / "README.md", readme_text(read_reproduced(results_dir)))
+    written = read_reproduced(results_dir)  # as every reader will see it
+    atomic_write_text(results_dir / "README.md", readme_text(written))
     if results_dir.resolve() == RESULTS_DIR.resolve():
         top = REPO / "README.md"
-        atomic_write_text(top, with_summary(top.read_text(), read_reproduced(results_dir)))
+        atomic_write_text(top, with_summary(top.read_text(), written))
 
 
 def summary_text(table: pd.DataFrame) -> str:
