@@ -33,7 +33,6 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
     Raises:
         BenchmarkError: a missing checkpoint, or a manifest that differs from the recorded one.
     """
-    from benchmark.evaluate import evaluate
     from benchmark.runner import Benchmark
 
     checkpoint = checkpoint_path(protocol, results_dir)
@@ -48,10 +47,24 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
         raise BenchmarkError(f"protocol {protocol.name} expands to {len(bench.methods)} methods; it must name one")
     learner = bench.build_learner(bench.methods[0])
     learner.load_state_dict(read_model(checkpoint)[0])  # a bare state dict or a self-describing model file
-    committed, outcomes = committed_episodes(protocol, results_dir), []
+    return evaluate_on_manifests(bench, learner, protocol, test_episodes, committed_episodes(protocol, results_dir))
+
+
+def evaluate_on_manifests(bench, learner, protocol: Protocol, test_episodes: int | None = None,
+                          committed: dict[str, dict] | None = None) -> list[Outcome]:
+    """Evaluate ``learner`` on each of the protocol's fixed test manifests (``bench`` prepared).
+
+    Args:
+        test_episodes: only the first ``test_episodes`` episodes of each manifest.
+        committed: per-episode records by ``"<way>w<shot>s"``; a manifest that differs from the
+            recorded one is refused (the dataset under --data-root or the protocol changed).
+    """
+    from benchmark.evaluate import evaluate
+
+    outcomes = []
     for way, shot in protocol.evals:
         manifest = bench.test_manifests[(way, shot)][0]
-        recorded = committed.get(f"{way}w{shot}s")
+        recorded = (committed or {}).get(f"{way}w{shot}s")
         if recorded and recorded["manifest_sha256"] != manifest.sha256:
             raise BenchmarkError(
                 f"the {way}-way {shot}-shot test manifest of {protocol.name} ({manifest.sha256[:12]}) differs from "

@@ -4,9 +4,14 @@ The training folder ``results/training/<run_id>/`` keeps ``reproduce.json``: one
 ``reproduce NAME`` session (commit, hardware, the step it resumed from, its wall time), so a row
 says truthfully at which commit(s) and on what its model was trained. Rows are written only when
 neither the tree now nor any training session had uncommitted changes.
+
+A protocol longer than the machine allows (MAML's 60,000 meta-iterations on a CPU) can be recorded
+part-way with :func:`record_interim` (``reproduce NAME --interim``): rows for the latest in-progress
+checkpoint that say how far it was trained, never comparable, replaced once the training finishes.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -72,8 +77,8 @@ def train_protocol(protocol: Protocol, data_root: str | None, out: str | None = 
     record = bench.method_records[method.slug]
     _commit_model(protocol, Path(record["checkpoint"]), outcomes, results_dir)
     command = rerun_command(protocol, data_root, torch.get_num_threads(), device)
-    reproduced.upsert(_rows(protocol, outcomes, sessions, bench.dataset.fingerprint(), command, results_dir),
-                      results_dir)
+    reproduced.upsert(_rows(protocol, outcomes, sessions, bench.dataset.fingerprint(), command, results_dir,
+                            record.get("train_wall_time_s")), results_dir)
     shutil.rmtree(bench.run_dir)  # final: the committed checkpoint and rows are the record
     log.info("recorded %d row(s); removed the training folder %s", len(outcomes), bench.run_dir)
     return outcomes
@@ -130,11 +135,17 @@ def _commit_model(protocol: Protocol, checkpoint: Path, outcomes: list[Outcome],
     atomic_write_text(target.with_suffix(".episodes.json"), json.dumps({"evals": evals}))
 
 
-def training_description(protocol: Protocol, sessions: list[dict], record_commit: str) -> str:
-    """The ``training`` column: length, stopping rule, and where the sessions differ from the row."""
+def training_description(protocol: Protocol, sessions: list[dict], record_commit: str,
+                         trained_steps: int | None = None) -> str:
+    """The ``training`` column: length, stopping rule, and where the sessions differ from the row.
+
+    Args:
+        trained_steps: the step of an interim model (``None``: the protocol's whole length).
+    """
     cfg = protocol.config
     train = train_config(cfg, cfg.learners[0])
-    text = (f"{train.episodes} steps x {train.meta_batch} {train.way}-way {train.shot}-shot {train.query}-query "
+    length = f"{train.episodes}" if trained_steps is None else f"interim: {trained_steps} of {train.episodes}"
+    text = (f"{length} steps x {train.meta_batch} {train.way}-way {train.shot}-shot {train.query}-query "
             f"episode(s); " + ("last iterate (no validation)" if not train.val_every else
                                f"best of validation every {train.val_every} steps"))
     trained = [s for s in sessions if s["trained"]]
@@ -148,13 +159,22 @@ def training_description(protocol: Protocol, sessions: list[dict], record_commit
 
 
 def _rows(protocol: Protocol, outcomes: list[Outcome], sessions: list[dict], fingerprint: str, command: str,
-          results_dir: Path) -> list[dict]:
+          results_dir: Path, train_wall_time_s: float | None = None, trained_steps: int | None = None) -> list[dict]:
+    """The rows of ``reproduced.csv`` for these outcomes.
+
+    Args:
+        train_wall_time_s: the training's own record of its time over all sessions (the training
+            history's); ``None``: the sum of the sessions' wall times, interrupted ones unknown.
+        trained_steps: the step of an interim model (``None``: the whole protocol).
+    """
     commit = reproduced.head_commit()
     checkpoint = checkpoint_path(protocol, results_dir)
     trained = [s for s in sessions if s["trained"]]
     walls = [s.get("wall_time_s") for s in trained]
-    training = training_description(protocol, sessions, commit)
-    if any(w is None for w in walls):
+    training = training_description(protocol, sessions, commit, trained_steps)
+    if train_wall_time_s is not None:
+        walls = [train_wall_time_s]
+    elif any(w is None for w in walls):
         training += f"; wall time excludes {sum(w is None for w in walls)} interrupted session(s)"
     common = {
         "protocol": protocol.name, "benchmark": protocol.config.dataset, "label": protocol.label,
@@ -168,3 +188,62 @@ def _rows(protocol: Protocol, outcomes: list[Outcome], sessions: list[dict], fin
     return [{**common, "name": o.name, "reference": o.published["id"], "n_way": o.way, "n_shot": o.shot,
              **o.comparison(), "test_episodes": len(o.accuracies), "manifest_sha256": o.manifest_sha256}
             for o in outcomes]
+
+
+def record_interim(protocol: Protocol, data_root: str | None, out: str | None = None, threads: int = 0,
+                   device: str = "cpu", results_dir: Path = RESULTS_DIR) -> list[Outcome]:
+    """Record rows for an unfinished training: the model of its latest in-progress checkpoint.
+
+    The rows say "interim: S of N steps" in ``training`` and as a deviation (so they are never
+    comparable); the model goes to ``results/checkpoints/<name>.pt`` with its per-episode
+    accuracies (``--eval-only`` checks it as any other); the training folder stays, and the same
+    ``reproduce NAME`` continues it and replaces these rows when it finishes.
+
+    Raises:
+        BenchmarkError: no in-progress checkpoint, a finished training (record it instead), or
+            uncommitted changes now or in a training session.
+    """
+    from benchmark.checkpoint import check_state_dict, load_checkpoint, save_model
+    from benchmark.reproduce_eval import evaluate_on_manifests
+    from benchmark.runner import Benchmark, finished_methods
+    from benchmark.savedmodel import describe
+
+    if threads:
+        torch.set_num_threads(threads)
+    bench = Benchmark(_with_runtime(protocol, data_root, out or str(results_dir / "training"), threads, device))
+    bench.prepare()
+    if len(bench.methods) != 1:
+        raise BenchmarkError(f"protocol {protocol.name} expands to {len(bench.methods)} methods; it must name one")
+    method = bench.methods[0]
+    rerun = rerun_command(protocol, data_root, torch.get_num_threads(), device)
+    if method.slug in finished_methods(bench.run_dir / "rows.jsonl"):
+        raise BenchmarkError(f"{protocol.name}: the training in {bench.run_dir} has finished; record its rows "
+                             f"with {rerun}")
+    path = bench.train_checkpoint(method)
+    if not path.exists():
+        raise BenchmarkError(f"{protocol.name}: no in-progress checkpoint {path} to record (with this --data-root "
+                             f"the run folder is {bench.run_dir}); start or resume the training with {rerun}: it "
+                             "saves one every train.checkpoint_every steps")
+    state = load_checkpoint(path)
+    step, train = int(state["step"]), train_config(protocol.config, method.learner)
+    model = state["best_state"] if train.val_every else state["model"]
+    learner = bench.build_learner(method)
+    check_state_dict(learner, model, f"checkpoint {path}")
+    learner.load_state_dict(model)
+    interim = dataclasses.replace(protocol, deviations=protocol.deviations + (
+        f"interim model: trained {step:,} of the protocol's {train.episodes:,} steps (training continues)",))
+    outcomes = evaluate_on_manifests(bench, learner, interim)
+    sessions_path = bench.run_dir / "reproduce.json"
+    sessions = json.loads(sessions_path.read_text())["sessions"] if sessions_path.exists() else []
+    _refuse_if_dirty(protocol, bench.run_dir, sessions)
+    model_file = path.with_name(f"{method.slug}.interim.pt")
+    save_model(model_file, learner, describe(bench.cfg, method, bench.dataset, bench.setting))
+    _commit_model(protocol, model_file, outcomes, results_dir)
+    model_file.unlink()
+    command = (f"{rerun} (stopped after step {step}), then "
+               f"{rerun.replace(' --data-root', ' --interim --data-root', 1)}")
+    reproduced.upsert(_rows(interim, outcomes, sessions, bench.dataset.fingerprint(), command, results_dir,
+                            state["history"].get("train_wall_time_s"), trained_steps=step), results_dir)
+    log.info("recorded %d interim row(s) at step %d of %d; the training continues from %s",
+             len(outcomes), step, train.episodes, path)
+    return outcomes

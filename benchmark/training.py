@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
     Every ``train.checkpoint_every`` steps the whole training state is saved to ``path`` (the
     harness uses ``checkpoints/<slug>.train.pt``); with ``resume`` a later run continues from it and
     computes exactly what an uninterrupted run computes (see :mod:`benchmark.checkpoint`).
+    The returned (and checkpointed) history holds ``train_wall_time_s``: the seconds of training
+    that produced the state, summed over resumed sessions (the work a killed session did after
+    its last checkpoint is not counted: it is done again); ``None`` when a checkpoint written
+    before this was recorded was resumed.
 
     Args:
         cfg: the method's training settings.
@@ -57,7 +62,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             loss; the last good checkpoint is kept), or an unusable checkpoint.
     """
     params = [p for p in learner.parameters() if p.requires_grad]
-    history = {"best_step": 0, "best_val_accuracy": None, "val": []}
+    history = {"best_step": 0, "best_val_accuracy": None, "val": [], "train_wall_time_s": 0.0}
     if cfg.episodes == 0 or not params:
         return history
     loader = make_loader()
@@ -72,6 +77,11 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                                                                     cfg.episodes)
         saved = first - 1
         log.info("%s: resuming from step %d of %d (%s)", method.label, saved, cfg.episodes, path)
+        history.setdefault("train_wall_time_s", None)  # a checkpoint from before it was recorded: unknown
+    session_start, wall_before = time.perf_counter(), history["train_wall_time_s"]
+
+    def wall_time() -> float | None:
+        return None if wall_before is None else wall_before + time.perf_counter() - session_start
     if cfg.compile:
         check_compile_backend(cfg.compile, f"train_overrides.{method.learner}.compile")
         compiled = learner.compile_backbone(cfg.compile)
@@ -122,6 +132,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
         if train_log is not None and dp.is_main:
             train_log.write(step, last_loss, lr, validation)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.episodes and dp.is_main:
+            history["train_wall_time_s"] = wall_time()
             save_checkpoint(path, {
                 "method": method.slug, "step": step, "model": learner.state_dict(),
                 "optimiser": optimiser.state_dict(),
@@ -132,6 +143,7 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
             saved = step
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook (MMFS_TEST_KILL_AT_STEP): die like an OOM kill
+    history["train_wall_time_s"] = wall_time()
     if cfg.val_every:
         learner.load_state_dict(best_state)
     else:

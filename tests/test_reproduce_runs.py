@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from benchmark import reproduce, reproduce_eval, reproduce_train, reproduced
+from benchmark.checkpoint import load_checkpoint
 from benchmark.stats import mean_ci95
 from tasks.errors import BenchmarkError
 
@@ -49,6 +50,18 @@ def _protocol(tmp_path: Path, name: str = "tiny", reference="[shapes-protonet-2w
     _board(results)
     (configs / f"{name}.yaml").write_text(TINY.format(reference=reference, deviations=deviations, episodes=episodes))
     return reproduce.load_protocol(name, configs, results)
+
+
+def _kill_training_at(tmp_path: Path, step: int) -> None:
+    """Train the tiny protocol in a subprocess that is SIGKILLed after ``step`` (a machine gone away)."""
+    script = ("import sys; from pathlib import Path; from benchmark import reproduce, reproduce_train, reproduced;"
+              "reproduced.dirty_paths = lambda root=None: []; reproduced.head_commit = lambda root=None: 'c0ffee';"
+              "p = reproduce.load_protocol('tiny', Path(sys.argv[1]), Path(sys.argv[2]));"
+              "reproduce_train.train_protocol(p, None, threads=1, results_dir=Path(sys.argv[2]))")
+    env = {**os.environ, "MMFS_TEST_KILL_AT_STEP": str(step), "PYTHONPATH": str(REPO)}
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "configs"), str(tmp_path / "results")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
 
 
 @pytest.fixture
@@ -96,7 +109,8 @@ def test_one_training_records_a_row_per_evaluation_and_removes_its_training_fold
         mean, _ = mean_ci95(np.asarray(committed[key]["accuracy"]))
         assert table.loc[name, "mean"] == round(100 * mean, 2) and table.loc[name, "test_episodes"] == 6
         assert table.loc[name, "within_half_point"] == (abs(table.loc[name, "difference"]) <= 0.5)
-    assert "last iterate" in table.iloc[0]["training"] and table.iloc[0]["train_wall_time_s"] > 0
+    assert "last iterate" in table.iloc[0]["training"]
+    assert table["train_wall_time_s"].notna().all() and (table["train_wall_time_s"] >= 0).all()  # 3 tiny steps: ~0.0
     assert (results / "checkpoints" / "tiny.pt").exists()
     training = results / "training"  # the default output folder: emptied of this run once it is final
     assert training.is_dir() and not [p for p in training.iterdir() if p.name != "manifests"]
@@ -105,20 +119,17 @@ def test_one_training_records_a_row_per_evaluation_and_removes_its_training_fold
 
 def test_training_resumes_from_in_progress_checkpoints_in_results_training(tmp_path, clean):
     """A run cut off (SIGKILL after step 2) leaves results/training/<run_id>/checkpoints/*.train.pt;
-    ``reproduce NAME`` resumes there, and the row says so."""
+    ``reproduce NAME`` resumes there, and the row says so. Its wall time is the training's own
+    record, which counts the killed session up to its last checkpoint."""
     protocol = _protocol(tmp_path)
-    script = ("import sys; from pathlib import Path; from benchmark import reproduce, reproduce_train, reproduced;"
-              "reproduced.dirty_paths = lambda root=None: []; reproduced.head_commit = lambda root=None: 'c0ffee';"
-              "p = reproduce.load_protocol('tiny', Path(sys.argv[1]), Path(sys.argv[2]));"
-              "reproduce_train.train_protocol(p, None, threads=1, results_dir=Path(sys.argv[2]))")
-    env = {**os.environ, "MMFS_TEST_KILL_AT_STEP": "2", "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "configs"), str(tmp_path / "results")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    assert list((tmp_path / "results" / "training").glob("*/checkpoints/*.train.pt"))
+    _kill_training_at(tmp_path, 2)
+    checkpoint, = (tmp_path / "results" / "training").glob("*/checkpoints/*.train.pt")
+    killed_session_s = load_checkpoint(checkpoint)["history"]["train_wall_time_s"]
+    assert killed_session_s > 0
     reproduce_train.train_protocol(protocol, None, threads=1, results_dir=tmp_path / "results")
     row = reproduced.read_reproduced(tmp_path / "results").iloc[0]
-    assert "resumed from step(s) 2" in row["training"] and "1 interrupted session" in row["training"]
+    assert "resumed from step(s) 2" in row["training"] and "interrupted session" not in row["training"]
+    assert row["train_wall_time_s"] >= round(killed_session_s, 1)
 
 
 def test_dirty_tree_keeps_the_training_and_checkpoint_and_writes_no_row(tmp_path, clean):
@@ -144,7 +155,7 @@ def test_tree_made_dirty_during_training_records_once_clean_without_training_aga
     assert not (results / "reproduced.csv").exists()
     reproduce_train.train_protocol(protocol, None, threads=1, results_dir=results)
     row = reproduced.read_reproduced(results).iloc[0]
-    assert "resumed" not in row["training"] and row["train_wall_time_s"] > 0
+    assert "resumed" not in row["training"] and pd.notna(row["train_wall_time_s"])
 
 
 def test_eval_only_writes_a_check_and_never_rewrites_the_rows(tmp_path, clean):
@@ -199,3 +210,40 @@ def test_dirty_paths_ignore_what_reproduce_writes(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(BenchmarkError, match="not a git checkout"):
         reproduced.dirty_paths(tmp_path / "plain")
+
+
+def test_interim_rows_say_how_far_the_model_was_trained_and_the_training_goes_on(tmp_path, clean):
+    protocol, results = _protocol(tmp_path), tmp_path / "results"
+    with pytest.raises(BenchmarkError, match="no in-progress checkpoint .* start or resume the training with"):
+        reproduce_train.record_interim(protocol, None, threads=1, results_dir=results)
+    _kill_training_at(tmp_path, 2)
+    outcomes = reproduce_train.record_interim(protocol, None, threads=1, results_dir=results)
+    table = reproduced.read_reproduced(results).set_index("name")
+    row = table.loc["tiny/2w1s"]
+    assert "interim: 2 of 3 steps" in row["training"] and not table["comparable"].any()
+    assert "trained 2 of the protocol's 3 steps" in row["protocol_deviations"]
+    assert "--interim" in row["command"] and "stopped after step 2" in row["command"]
+    checkpoint, = (results / "training").glob("*/checkpoints/*.train.pt")  # its own record, though killed:
+    assert row["train_wall_time_s"] == round(load_checkpoint(checkpoint)["history"]["train_wall_time_s"], 1)
+    assert row["mean"] == outcomes[0].comparison()["mean"]
+    # the committed interim model gives back its rows exactly, as a final one
+    again = reproduce_eval.evaluate_checkpoint(protocol, None, str(tmp_path / "eval"), threads=1, results_dir=results)
+    assert reproduce_eval.write_check(protocol, again, "cmd", results_dir=results)[1]
+    # the training folder and its checkpoint stay: the same command finishes it and replaces the rows
+    assert list((results / "training").glob("*/checkpoints/*.train.pt"))
+    reproduce_train.train_protocol(protocol, None, threads=1, results_dir=results)
+    final = reproduced.read_reproduced(results).set_index("name")
+    assert final["comparable"].all() and "interim" not in final.loc["tiny/2w1s", "training"]
+    assert "resumed from step(s) 2" in final.loc["tiny/2w1s", "training"]
+    with pytest.raises(BenchmarkError, match="no in-progress checkpoint"):  # final: nothing left to record
+        reproduce_train.record_interim(protocol, None, threads=1, results_dir=results)
+
+
+def test_interim_rows_need_a_clean_tree(tmp_path, clean):
+    protocol, results = _protocol(tmp_path), tmp_path / "results"
+    _kill_training_at(tmp_path, 2)
+    clean["dirty"] = ["learners/protonet.py"]
+    with pytest.raises(BenchmarkError, match="not recorded: uncommitted changes in learners/protonet.py"):
+        reproduce_train.record_interim(protocol, None, threads=1, results_dir=results)
+    assert not (results / "reproduced.csv").exists() and not (results / "checkpoints" / "tiny.pt").exists()
+

@@ -11,6 +11,7 @@ examples:
   python run_benchmark.py reproduce --list
   python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --threads 2
   python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --eval-only
+  python run_benchmark.py reproduce omniglot_maml_5w1s --data-root ../shared/data --interim
 """
 
 
@@ -26,6 +27,9 @@ class Reproduce(Subcommand):
         add("--data-root", help="folder holding the dataset in its official layout")
         add("--eval-only", action="store_true",
             help="re-evaluate results/checkpoints/NAME.pt into results/checks/NAME.json (rows unchanged)")
+        add("--interim", action="store_true",
+            help="record rows for an unfinished training's latest checkpoint (marked interim, not comparable; "
+                 "the training continues with the same command without --interim)")
         add("--test-episodes", type=int,
             help="with --eval-only: only the first N episodes of the fixed manifest (a quick check)")
         add("--out", help="run folder (default: results/training; runs/reproduce with --eval-only)")
@@ -43,6 +47,16 @@ class Reproduce(Subcommand):
         if args.test_episodes is not None and not args.eval_only:
             raise BenchmarkError("--test-episodes only applies with --eval-only "
                                  "(training uses the protocol's manifest)")
+        if args.interim and args.eval_only:
+            raise BenchmarkError("--interim records rows from the training checkpoint and --eval-only checks the "
+                                 "committed model: use one of them")
+        if args.interim:
+            outcomes = reproduce_train.record_interim(protocol, args.data_root, args.out, args.threads, args.device,
+                                                      results)
+            print("\n\n".join(o.describe() for o in outcomes))
+            print(f"recorded as interim rows in {results / 'reproduced.csv'} and README.md; "
+                  f"{reproduce.checkpoint_path(protocol, results)}")
+            return 0
         if args.eval_only:
             commit = reproduce_eval.tree_commit()  # the code that evaluates, not what the tree holds afterwards
             outcomes = reproduce_eval.evaluate_checkpoint(protocol, args.data_root, args.out or "runs/reproduce",
