@@ -89,7 +89,7 @@ def _open_session(bench, method, device: str, dirty: list[str], path: Path) -> l
     from benchmark.checkpoint import load_checkpoint
     from benchmark.runner import finished_methods
 
-    sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
+    sessions = read_sessions(path)
     previous = bench.run_dir / "run.json"
     if not sessions and previous.exists():  # trained before by `run` (or an older reproduce): its run.json
         run = json.loads(previous.read_text())
@@ -106,6 +106,11 @@ def _open_session(bench, method, device: str, dirty: list[str], path: Path) -> l
                      "dirty_paths": dirty[:20]})
     atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2) + "\n")
     return sessions
+
+
+def read_sessions(path: Path) -> list[dict]:
+    """The sessions recorded in a training folder's ``reproduce.json`` (none if it does not exist)."""
+    return json.loads(path.read_text())["sessions"] if path.exists() else []
 
 
 def _refuse_if_dirty(protocol: Protocol, run_dir: Path, sessions: list[dict]) -> None:
@@ -233,8 +238,7 @@ def record_interim(protocol: Protocol, data_root: str | None, out: str | None = 
     interim = dataclasses.replace(protocol, deviations=protocol.deviations + (
         f"interim model: trained {step:,} of the protocol's {train.episodes:,} steps (training continues)",))
     outcomes = evaluate_on_manifests(bench, learner, interim)
-    sessions_path = bench.run_dir / "reproduce.json"
-    sessions = json.loads(sessions_path.read_text())["sessions"] if sessions_path.exists() else []
+    sessions = read_sessions(bench.run_dir / "reproduce.json")
     _refuse_if_dirty(protocol, bench.run_dir, sessions)
     model_file = path.with_name(f"{method.slug}.interim.pt")
     save_model(model_file, learner, describe(bench.cfg, method, bench.dataset, bench.setting))
