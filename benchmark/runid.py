@@ -35,6 +35,7 @@ BASELINE_DEFAULTS: dict[str, dict] = {
 # before they existed: at these values they leave run ids unchanged (another value is a changed default).
 NEUTRAL_ADDITIONS: dict[str, dict] = {
     "am3": {"gate_reg": 0.0, "gate_target": 0.5, "text_dropout": 0.0},  # issue 16: off by default
+    "classfusion": {"class_text": True},  # issue 16: the image-only control is opt-in
 }
 
 

@@ -108,6 +108,11 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
                 f"{method.label}: the training loss became {loss_value} at step {step} (last finite loss "
                 f"{'none' if last_loss is None else f'{last_loss:.6g}'}); {kept}. "
                 "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)")
+        if not loss.requires_grad:
+            raise BenchmarkError(
+                f"{method.label}: the training loss depends on none of its trainable parameters (e.g. a fusion "
+                "whose image-only path is the identity, on a frozen backbone): there is nothing to train; "
+                "set train.episodes=0 or compare with the method it reduces to")
         last_loss, lr = loss_value, optimiser.param_groups[0]["lr"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -31,6 +31,9 @@ class ClassTextFusion(ClassTextMask, ProtoNet):
     Config:
         fusion: registered fusion name; fusion_options: its keyword options.
         text_dropout: probability of dropping a class's text in a training episode.
+        class_text: ``False`` makes the image-only control: prototypes and queries go through the
+            fusion's image path alone, in training and at test, so a paired comparison with the same
+            fusion using text measures what the text adds at an equal learned image transform.
     """
 
     @dataclasses.dataclass
@@ -38,6 +41,7 @@ class ClassTextFusion(ClassTextMask, ProtoNet):
         fusion: str = "attention"
         fusion_options: dict = dataclasses.field(default_factory=dict)
         text_dropout: float = 0.0
+        class_text: bool = True
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -67,6 +71,8 @@ class ClassTextFusion(ClassTextMask, ProtoNet):
         if episode.class_text is None:
             raise BenchmarkError("classfusion needs class-level text in every episode (episode.class_text is None)")
         prototypes = class_means(self.embed(episode.support), episode.support_labels, episode.n_way)
+        if not self.config.class_text:
+            return self.fusion({"image": prototypes})
         fused = self.fusion({"image": prototypes, "text": self.text_encoder(episode.class_text)})
         keep = self.text_kept(episode, self.config.text_dropout)
         if keep is not None:

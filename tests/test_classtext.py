@@ -196,3 +196,37 @@ def _with_default(init, **changed):
     def wrapped(self, *args, **kwargs):
         init(self, *args, **{**changed, **kwargs})
     return wrapped
+
+
+def test_classfusion_image_only_control_never_reads_class_text(world):
+    """``class_text: false``: the fusion's image path alone, so text changes nothing, in training or at test."""
+    control = build(world, "classfusion", fusion="mean", class_text=False)
+    ep = episode(world)
+    shuffled = type(ep)(**{**ep.__dict__, "class_text": ep.class_text.flip(0)})
+    for mode in (True, False):
+        control.train(mode)
+        with torch.no_grad():
+            image = class_means(control.embed(ep.support), ep.support_labels, ep.n_way)
+            torch.testing.assert_close(control.adapt(ep), control.fusion({"image": image}))
+            torch.testing.assert_close(control.adapt(shuffled), control.adapt(ep))
+    with_text = build(world, "classfusion", fusion="mean").eval()
+    with torch.no_grad():
+        assert not torch.allclose(with_text.adapt(shuffled), with_text.adapt(ep))
+
+
+def test_classfusion_control_option_leaves_run_ids_unchanged():
+    from benchmark.runid import code_identity
+
+    assert "class_text" not in code_identity(["classfusion"])["learner_defaults"]["classfusion"]
+
+
+def test_training_a_loss_without_trainable_inputs_says_there_is_nothing_to_train(world, tmp_path):
+    """FiLM's image-only path is the identity: on a frozen encoder its control has nothing to train."""
+    data, _, loader, _ = world
+    control = build(world, "classfusion", fusion="film", class_text=False)
+    control.encoder.requires_grad_(False)
+    cfg = TrainConfig(way=3, shot=2, query=3, episodes=2, val_every=0, checkpoint_every=0)
+    with pytest.raises(BenchmarkError, match="nothing to train"):
+        meta_train(control, Method("control_film", ("image",), None), cfg, lambda: loader,
+                   EpisodeSampler(data, "train", 3, 2, 3), None, torch.device("cpu"), 0, tmp_path / "c.pt",
+                   resume=False)

@@ -32,15 +32,20 @@ def checkpoint(tmp_path_factory):
 
 
 def test_study_writes_paired_comparisons_gates_and_missing_text(tmp_path, checkpoint):
-    methods = "protonet,text_only,am3,fusion_film,fusion_late"
+    methods = "protonet,text_only,am3,fusion_film,control_mean,fusion_late"
     assert _study(tmp_path, checkpoint, "--methods", methods) == 0
     out = tmp_path / "study"
     rows = pd.read_json(out / "rows.jsonl", lines=True)
-    assert set(rows["method"]) == {"protonet", "text_only", "am3", "fusion_film"}  # late: rejected, recorded
+    assert set(rows["method"]) == {"protonet", "text_only", "am3", "fusion_film", "control_mean"}  # late: rejected
     assert json.loads((out / "study.json").read_text())["skipped"].keys() == {"fusion_late"}
     assert rows["manifest_sha256"].nunique() == 1  # one fixed test manifest for every method
     comparison = pd.read_csv(out / "comparison.csv")
-    assert set(comparison["method"]) == {"text_only", "am3", "fusion_film"}
+    assert set(comparison["method"]) == {"text_only", "am3", "fusion_film", "control_mean"}
+    text_gain = pd.read_csv(out / "text_gain.csv")  # the text's share: fusion_film vs its image-only control
+    assert text_gain[["method", "control"]].values.tolist() == [["fusion_film", "protonet"]]  # FiLM: identity
+    control = rows[rows["method"] == "protonet"].sort_values("episode")["value"].to_numpy()
+    film = rows[(rows["method"] == "fusion_film") & (rows["text_fraction"] == 1.0)].sort_values("episode")
+    assert text_gain["difference"].iloc[0] == pytest.approx(100 * (film["value"].to_numpy() - control).mean(), abs=0.01)
     assert comparison["p_value"].between(0, 1).all() and (comparison["n_episodes"] == 12).all()
     missing = pd.read_csv(out / "missing_text.csv")
     assert set(missing["method"]) == {"text_only", "am3", "fusion_film"}
@@ -58,10 +63,12 @@ def test_study_writes_paired_comparisons_gates_and_missing_text(tmp_path, checkp
     assert _study(tmp_path, checkpoint, "--methods", methods) == 0  # a rerun finds everything done
     assert (out / "rows.jsonl").read_text() == before
     (out / "comparison.csv").unlink()
+    (out / "text_gain.csv").unlink()
     (out / "gates_overview.csv").unlink()
     (out / "rows.jsonl").unlink()  # as in a clone: only the compressed copy is committed
     assert main(["--tables-only", "--out", str(out)]) == 0  # the tables come back from the rows alone
     pd.testing.assert_frame_equal(pd.read_csv(out / "comparison.csv"), comparison)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "text_gain.csv"), text_gain)
     overview = pd.read_csv(out / "gates_overview.csv")
     assert set(overview["split"]) == {"train", "val", "test"} and overview["gate_kept"].between(0, 1).all()
 

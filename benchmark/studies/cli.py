@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark.studies.miniimagenet_text import Study
 
         if args.tables_only:
-            from benchmark.studies.miniimagenet_text import BASELINE
+            from benchmark.studies.miniimagenet_text import BASELINE, CONTROLS
             from benchmark.studies.tables import write_tables
 
             if not any((Path(args.out) / n).is_file() for n in ("rows.jsonl", "rows.jsonl.gz")):
                 raise BenchmarkError(f"--tables-only: {args.out}/rows.jsonl does not exist; run the study first")
-            table = write_tables(Path(args.out), BASELINE)
+            table = write_tables(Path(args.out), BASELINE, CONTROLS)
         else:
             if not args.data_root or not args.checkpoint:
                 raise BenchmarkError("give --data-root and --checkpoint (or --tables-only to redo the tables)")

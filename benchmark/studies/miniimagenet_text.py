@@ -14,7 +14,7 @@ Run (see docs/findings-miniimagenet-text.md for the full commands)::
         --checkpoint <run>/checkpoints/protonet-image-none.pt --out results/miniimagenet_text/study
 
 Writes into ``--out``: ``rows.jsonl`` (per episode; and ``rows.jsonl.gz``, the copy to commit), ``summary.csv``/``.md``, ``comparison.csv``/``.md``
-(paired vs ProtoNet), ``missing_text.csv``, ``gates.jsonl`` and ``gates.csv``, ``study.json``,
+(paired vs ProtoNet), ``text_gain.csv``/``.md`` (paired vs each fusion's image-only control), ``missing_text.csv``, ``gates.jsonl`` and ``gates.csv``, ``study.json``,
 ``manifests/`` and ``checkpoints/``. A rerun skips the (method, shot) pairs already in ``rows.jsonl``
 and resumes an interrupted training from its checkpoint.
 """
@@ -60,7 +60,16 @@ METHODS: dict[str, tuple[str, dict]] = {
     "fusion_mean": ("classfusion", {"fusion": "mean"}),
     "fusion_lowrank": ("classfusion", {"fusion": "lowrank"}),
     "fusion_late": ("classfusion", {"fusion": "late"}),  # rejected: needs text on the queries
+    # Image-only controls: the same fusion trained and tested without class text (its learned image
+    # path alone), so that fusion_X - control_X is what the text adds at an equal learned transform.
+    # FiLM's and the gated fusion's image paths are the identity: their control is ProtoNet itself.
+    "control_attention": ("classfusion", {"fusion": "attention", "class_text": False}),
+    "control_mean": ("classfusion", {"fusion": "mean", "class_text": False}),
+    "control_lowrank": ("classfusion", {"fusion": "lowrank", "class_text": False}),
 }
+#: class-text method -> its image-only control (the ``text_gain`` table)
+CONTROLS: dict[str, str] = {**{f"fusion_{name}": f"control_{name}" for name in ("attention", "mean", "lowrank")},
+                            "fusion_film": "protonet", "fusion_gated": "protonet"}
 
 
 @dataclass
@@ -177,7 +186,7 @@ class Study:
         atomic_save(self.out / "checkpoints" / f"{label}-{shot}shot.pt", lambda f: torch.save(head, f))
         manifest, loader = self.manifest("test", shot, self.cfg.test_episodes), self.loader()
         results = {1.0: evaluate(learner, loader, manifest, self.device)["accuracy"]}
-        if hasattr(learner, "set_class_text_available"):
+        if hasattr(learner, "set_class_text_available") and METHODS[label][1].get("class_text", True):
             fractions = [p for p in self.cfg.text_fractions if p != 1.0]
             results.update(classtext.evaluate_missing_text(learner, loader, manifest, self.dataset, fractions,
                                                            self.device, self.cfg.seed))
@@ -211,7 +220,7 @@ class Study:
         self.write_record()
         if rows_path.is_file():
             pack_rows(self.out)
-        return write_tables(self.out, BASELINE)
+        return write_tables(self.out, BASELINE, CONTROLS)
 
     def write_record(self) -> None:
         record = {"config": {**self.cfg.__dict__, "train": self.cfg.train.__dict__}, "skipped": self.skipped,

@@ -4,6 +4,8 @@ and ``gates-*.jsonl``.
 * ``summary.csv``/``.md``: mean accuracy and 95% CI per (method, shot) with all class text.
 * ``comparison.csv``/``.md``: each method minus the baseline on the same episodes (paired t-test):
   difference, its 95% CI and the p-value, per shot.
+* ``text_gain.csv``/``.md``: each class-text method minus its image-only control (the same fusion
+  trained and tested without text) on the same episodes: what the text adds at an equal learned transform.
 * ``missing_text.csv``/``.md``: accuracy per (method, shot, text fraction p), with the paired
   difference to the same method with all text.
 * ``gates.csv``: the tracked gate statistics and text/image separation per (method, shot, step, split);
@@ -60,6 +62,21 @@ def comparison_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
             out.append({"method": method, "n_shot": int(shot), "accuracy": round(100 * mean, 2),
                         "ci95": round(100 * ci, 2), "baseline": baseline,
                         "baseline_accuracy": round(100 * float(_values(base).mean()), 2), **paired(m, base)})
+    return pd.DataFrame(out)
+
+
+def text_gain_table(rows: pd.DataFrame, controls: dict[str, str]) -> pd.DataFrame:
+    """Every class-text method of ``controls`` (all class text) against its image-only control."""
+    full = rows[rows["text_fraction"] == 1.0]
+    out = []
+    for (shot, sha), group in full.groupby(["n_shot", "manifest_sha256"], sort=False):
+        for method, control in controls.items():
+            m, c = group[group["method"] == method], group[group["method"] == control]
+            if m.empty or c.empty or len(m) != len(c):
+                continue
+            out.append({"method": method, "n_shot": int(shot), "accuracy": round(100 * float(_values(m).mean()), 2),
+                        "control": control, "control_accuracy": round(100 * float(_values(c).mean()), 2),
+                        **paired(m, c)})
     return pd.DataFrame(out)
 
 
@@ -134,14 +151,17 @@ def pack_rows(folder: Path) -> None:
     atomic_write_bytes(Path(folder) / "rows.jsonl.gz", gzip.compress(data, mtime=0))
 
 
-def write_tables(folder: Path, baseline: str) -> pd.DataFrame:
-    """Regenerate every table of ``folder``; returns the comparison table."""
+def write_tables(folder: Path, baseline: str, controls: dict[str, str] | None = None) -> pd.DataFrame:
+    """Regenerate every table of ``folder``; returns the comparison table.
+
+    ``controls``: class-text method -> its image-only control, for ``text_gain``."""
     folder = Path(folder)
     rows = study_rows(folder)
     if rows.empty:
         return pd.DataFrame()
     tables = {"summary": summary_table(rows[rows["text_fraction"] == 1.0]),
-              "comparison": comparison_table(rows, baseline), "missing_text": missing_text_table(rows),
+              "comparison": comparison_table(rows, baseline), "text_gain": text_gain_table(rows, controls or {}),
+              "missing_text": missing_text_table(rows),
               "gates": gate_table(folder)}
     tables["gates_overview"] = gate_overview(tables["gates"], rows)
     for name, table in tables.items():
