@@ -91,3 +91,13 @@ def test_study_errors_name_what_to_fix(tmp_path, checkpoint, capsys):
     assert "rows.jsonl does not exist" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "nothing")]) == 2
     assert "give --data-root and --checkpoint" in capsys.readouterr().err
+
+
+def test_warm_started_am3_starts_from_the_trained_text_map(tmp_path, checkpoint, capsys):
+    assert _study(tmp_path, checkpoint, "--methods", "protonet,am3_text_warm") == 2
+    assert "needs 'text_only' trained first" in capsys.readouterr().err
+    assert _study(tmp_path, checkpoint, "--methods", "protonet,text_only,am3,am3_text_warm") == 0
+    out = tmp_path / "study"
+    first = {m: json.loads((out / f"gates-{m}-1shot.jsonl").read_text().splitlines()[0]) for m in ("am3", "am3_text_warm")}
+    assert first["am3"]["step"] == first["am3_text_warm"]["step"] == 0
+    assert first["am3"]["gates"] != first["am3_text_warm"]["gates"]  # same seed: only the copied g differs

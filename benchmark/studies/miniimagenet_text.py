@@ -67,6 +67,10 @@ METHODS: dict[str, tuple[str, dict]] = {
     "control_mean": ("classfusion", {"fusion": "mean", "class_text": False}),
     "control_lowrank": ("classfusion", {"fusion": "lowrank", "class_text": False}),
 }
+#: method -> the method whose trained text map ``g`` (``transform.*``) it starts from: AM3 with a text side
+#: that already separates classes, to test whether the gate collapses because ``g`` starts uninformative.
+WARM_STARTS: dict[str, str] = {"am3_text_warm": "text_only"}
+METHODS["am3_text_warm"] = ("am3", {})
 #: class-text method -> its image-only control (the ``text_gain`` table)
 CONTROLS: dict[str, str] = {**{f"fusion_{name}": f"control_{name}" for name in ("attention", "mean", "lowrank")},
                             "fusion_film": "protonet", "fusion_gated": "protonet"}
@@ -163,6 +167,8 @@ class Study:
     def train(self, label: str, shot: int):
         """Build and meta-train ``label`` for ``shot``-shot tests; returns ``(learner, history)``."""
         learner = self.build(label)
+        if label in WARM_STARTS:
+            self.warm_start(learner, WARM_STARTS[label], shot)
         train = TrainConfig(**{**self.cfg.train.__dict__, "shot": shot, "val_shot": shot, "val_way": self.cfg.way})
         sampler = EpisodeSampler(self.dataset, "train", train.way, train.shot, train.query)
         loader = self.loader()
@@ -177,6 +183,15 @@ class Study:
                              self.device, self.cfg.seed + 1, self.out / "checkpoints" / f"{label}-{shot}shot.train.pt",
                              resume=True)
         return learner, history
+
+    def warm_start(self, learner, source: str, shot: int) -> None:
+        """Copy the text map ``g`` (``transform.*``) of the trained ``source`` head into ``learner``."""
+        path = self.out / "checkpoints" / f"{source}-{shot}shot.pt"
+        if not path.is_file():
+            raise BenchmarkError(f"{path} does not exist: the warm start needs {source!r} trained first at "
+                                 f"{shot}-shot in this study folder (run --methods protonet,{source} first)")
+        head = torch.load(path, map_location=self.device, weights_only=True)
+        learner.load_state_dict({k: v for k, v in head.items() if k.startswith("transform.")}, strict=False)
 
     def run_method(self, label: str, shot: int) -> list[dict]:
         """Train, evaluate (all text, then each text fraction) and save one (method, shot)."""
