@@ -50,6 +50,10 @@ def test_study_writes_paired_comparisons_gates_and_missing_text(tmp_path, checkp
     missing = pd.read_csv(out / "missing_text.csv")
     assert set(missing["method"]) == {"text_only", "am3", "fusion_film"}
     assert sorted(missing["text_fraction"].unique()) == [0.0, 0.4, 1.0]
+    curve = pd.read_csv(out / "missing_text_curve.csv")  # the same accuracies, one column per p
+    assert list(curve.columns) == ["method", "n_shot", "p=1", "p=0.4", "p=0"]
+    assert curve.set_index("method")["p=0.4"].to_dict() == missing[missing["text_fraction"] == 0.4].set_index(
+        "method")["accuracy"].to_dict()
     by_p = rows.set_index(["method", "text_fraction", "episode"])["value"].sort_index()
     for method in ("text_only", "am3"):  # without text AM3's prototypes are the image ones, i.e. ProtoNet's
         assert (by_p[method, 0.0].to_numpy() == by_p["protonet", 1.0].to_numpy()).all()

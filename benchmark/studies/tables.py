@@ -7,7 +7,8 @@ and ``gates-*.jsonl``.
 * ``text_gain.csv``/``.md``: each class-text method minus its image-only control (the same fusion
   trained and tested without text) on the same episodes: what the text adds at an equal learned transform.
 * ``missing_text.csv``/``.md``: accuracy per (method, shot, text fraction p), with the paired
-  difference to the same method with all text.
+  difference to the same method with all text; ``missing_text_curve.csv``/``.md``: the same accuracies,
+  one column per p.
 * ``gates.csv``: the tracked gate statistics and text/image separation per (method, shot, step, split);
   ``gates_overview.csv``/``.md``: the gate at the start, at the kept step and at the end.
 """
@@ -97,6 +98,16 @@ def missing_text_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def missing_text_curve(missing: pd.DataFrame) -> pd.DataFrame:
+    """The missing-text curve, wide: one row per (method, shot), one accuracy column per text fraction p."""
+    if missing.empty:
+        return missing
+    wide = missing.pivot_table(index=["method", "n_shot"], columns="text_fraction", values="accuracy", sort=False)
+    wide = wide[sorted(wide.columns, reverse=True)]
+    wide.columns = [f"p={p:g}" for p in wide.columns]
+    return wide.reset_index().sort_values("n_shot", kind="stable")
+
+
 def gate_table(folder: Path) -> pd.DataFrame:
     """The tracked gates of every ``gates-<method>-<shot>shot.jsonl`` in ``folder`` (no per-class values)."""
     out = []
@@ -163,6 +174,7 @@ def write_tables(folder: Path, baseline: str, controls: dict[str, str] | None = 
               "comparison": comparison_table(rows, baseline), "text_gain": text_gain_table(rows, controls or {}),
               "missing_text": missing_text_table(rows),
               "gates": gate_table(folder)}
+    tables["missing_text_curve"] = missing_text_curve(tables["missing_text"])
     tables["gates_overview"] = gate_overview(tables["gates"], rows)
     for name, table in tables.items():
         if table.empty:
