@@ -220,7 +220,7 @@ def run(device: str = "cpu", long: bool = False, threads: int = 0, cases: Sequen
         "maml_second_order": lambda: case_maml(dev, repeats, first_order=False, meta_batch=meta_batch),
         "maml_first_order": lambda: case_maml(dev, repeats, first_order=True, meta_batch=meta_batch),
         "maml_peer": lambda: case_maml_peer(dev, repeats, meta_batch=meta_batch),
-        "maml_omniglot": lambda: case_maml_omniglot(dev, data_root, iterations=2 if smoke else 20),
+        "maml_omniglot": lambda: case_maml_omniglot(dev, data_root, iterations=2 if smoke else 200, warmup=1 if smoke else 20),
         "maml_memory": lambda: case_maml_memory(dev, meta_batch=2 if smoke else 8, steps=2 if smoke else 5),
         "eval": lambda: case_eval(dev, eval_episodes),
         "flops": lambda: case_flops(dev, repeats, compile_backend, 256 if smoke else 0, way),
