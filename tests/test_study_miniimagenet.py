@@ -105,3 +105,26 @@ def test_warm_started_am3_starts_from_the_trained_text_map(tmp_path, checkpoint,
     first = {m: json.loads((out / f"gates-{m}-1shot.jsonl").read_text().splitlines()[0]) for m in ("am3", "am3_text_warm")}
     assert first["am3"]["step"] == first["am3_text_warm"]["step"] == 0
     assert first["am3"]["gates"] != first["am3_text_warm"]["gates"]  # same seed: only the copied g differs
+
+
+def test_geometry_reads_the_trained_am3_heads_of_a_study(tmp_path, checkpoint, capsys):
+    from benchmark.studies import geometry
+
+    args = ["--data-root", str(SHARED), "--checkpoint", str(checkpoint), "--study", str(tmp_path / "study"),
+            "--image-size", "32", "--hidden", "8", "--classes-per-split", "5", "--max-per-class", "20",
+            "--threads", "1"]
+    assert geometry.main(args) == 2
+    assert "give the --out folder of a study run" in capsys.readouterr().err
+    assert _study(tmp_path, checkpoint, "--methods", "protonet,am3") == 0
+    assert geometry.main([*args, "--methods", "am3", "--shots", "5"]) == 2
+    assert "am3-5shot.pt does not exist" in capsys.readouterr().err
+    assert geometry.main([*args, "--methods", "protonet"]) == 2
+    assert "not an AM3 variant" in capsys.readouterr().err
+    assert geometry.main(args) == 0
+    rows = json.loads((tmp_path / "study" / "geometry.json").read_text())
+    assert [(r["state"], r["split"]) for r in rows] == [(s, p) for s in ("init", "trained")
+                                                        for p in ("train", "val", "test")]
+    assert all(r["classes"] == 5 and 0 < r["lambda"] < 1 for r in rows)
+    init, trained = rows[0], rows[3]
+    assert init["image_feature_norm"] == trained["image_feature_norm"]  # same frozen features
+    assert init["text_prototype_norm"] != trained["text_prototype_norm"]  # the trained g was loaded
