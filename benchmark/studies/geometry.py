@@ -78,11 +78,11 @@ def study_geometry(study, methods: Sequence[str], shots: Sequence[int]) -> list[
     :class:`~benchmark.studies.miniimagenet_text.Study`), at initialisation and trained, on each split."""
     rows = []
     for label in methods:
-        initial = study.build(label).eval()
+        initial = study.build(label).eval()  # the first build fills study.features
         if not hasattr(initial, "mixing"):
             raise BenchmarkError(f"study method {label!r} has no gate (not an AM3 variant); choose among the am3* "
                                  "methods")
-        features, labels = study.features.float(), torch.as_tensor(study.dataset.labels)
+        features, labels, text = study.features.float(), torch.as_tensor(study.dataset.labels), study.class_text.float()
         for shot in shots:
             path = study.out / "checkpoints" / f"{label}-{shot}shot.pt"
             if not path.is_file():
@@ -94,8 +94,7 @@ def study_geometry(study, methods: Sequence[str], shots: Sequence[int]) -> list[
                 for split in SPLITS:
                     classes = study.dataset.split_classes(split).tolist()
                     rows.append({"method": label, "n_shot": shot, "state": state, "split": split,
-                                 **prototype_geometry(model.mixing, features, labels, study.class_text.float(),
-                                                      classes, study.cfg.seed)})
+                                 **prototype_geometry(model.mixing, features, labels, text, classes, study.cfg.seed)})
     return rows
 
 
