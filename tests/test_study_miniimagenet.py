@@ -128,3 +128,31 @@ def test_geometry_reads_the_trained_am3_heads_of_a_study(tmp_path, checkpoint, c
     init, trained = rows[0], rows[3]
     assert init["image_feature_norm"] == trained["image_feature_norm"]  # same frozen features
     assert init["text_prototype_norm"] != trained["text_prototype_norm"]  # the trained g was loaded
+
+
+def test_backbone_choice_compares_frozen_backbones_on_validation_episodes(tmp_path, checkpoint, capsys):
+    from benchmark.studies import backbone_choice
+
+    dead = tmp_path / "dead.pt"  # every weight zero: identical features, so every query goes to class 0
+    torch.save({k: torch.zeros_like(v) for k, v in torch.load(checkpoint, weights_only=True).items()}, dead)
+    out = tmp_path / "choice"
+    args = ["--data-root", str(SHARED), "--out", str(out), "--image-size", "32", "--hidden", "8",
+            "--classes-per-split", "5", "--max-per-class", "20", "--episodes", "30", "--threads", "1"]
+    assert backbone_choice.main([*args, "--candidate", f"dead={dead}", "--candidate", f"random={checkpoint}",
+                                 "--candidate", f"again={checkpoint}"]) == 0
+    table = pd.read_csv(out / "backbone_choice.csv").set_index(["candidate", "n_shot"])
+    assert set(table.index) == {(c, s) for c in ("dead", "random", "again") for s in (1, 5)}
+    assert (table.loc["dead", "accuracy"] == 20.0).all() and (table.loc["dead", "difference"] == 0).all()
+    assert (table.loc["random", "accuracy"] > 20.0).all()  # real images: random features beat chance
+    assert (table.loc["again", "accuracy"] == table.loc["random", "accuracy"]).all()  # same episodes, same weights
+    assert table.loc["random", "difference"].to_numpy() == pytest.approx(table.loc["random", "accuracy"] - 20, abs=0.01)
+    assert table.loc[("random", 5), "p_value"] < 0.01
+    record = json.loads((out / "backbone_choice.json").read_text())
+    assert record["chosen"] == "random" and list(table.index.get_level_values(0)[:3]) == ["dead", "random", "again"] and set(record["manifest_sha256"]) == {"1", "5"}
+    assert not (out / "checkpoints").exists()  # nothing is trained
+    assert backbone_choice.main([*args, "--candidate", f"a={tmp_path / 'missing.pt'}"]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert backbone_choice.main([*args, "--candidate", str(checkpoint)]) == 2
+    assert "write it as LABEL=PATH" in capsys.readouterr().err
+    assert backbone_choice.main([*args, "--candidate", f"a={dead}", "--candidate", f"a={checkpoint}"]) == 2
+    assert "labels repeat" in capsys.readouterr().err
