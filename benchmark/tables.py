@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -138,33 +139,55 @@ def over_seeds(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def parse_baseline(baseline: str) -> tuple[str | None, str]:
+    """What a comparison pairs with: ``"image"`` -> ``(None, "image")``, each learner against its own
+    image-only result; ``"protonet[image]"`` -> ``("protonet", "image")``, every method of a run against
+    ProtoNet on images (learners compared with each other on the same episodes)."""
+    match = re.fullmatch(r"\s*(?:([\w.-]+)\[([\w+]+)\]|([\w+]+))\s*", baseline)
+    if not match:
+        raise BenchmarkError(f"--baseline {baseline!r}: give a modality setting (image) or a learner and its "
+                             "setting (protonet[image])")
+    return (match[1], match[2]) if match[1] else (None, match[3])
+
+
+def is_baseline(row: dict, baseline: str) -> bool:
+    """Whether ``row`` (with ``learner``, ``modalities``, ``fusion``) is the method ``baseline`` names."""
+    learner, modalities = parse_baseline(baseline)
+    return (row["modalities"], row["fusion"]) == (modalities, "none") and learner in (None, row["learner"])
+
+
 def compare(rows: pd.DataFrame, baseline: str = "image", metric: str = "accuracy") -> pd.DataFrame:
-    """Paired tests of every method against its learner's ``baseline`` (``fusion == none``), per run and
-    manifest, episode by episode; plus, for configs run over several seeds, one row per method with
-    ``seed == "all"``: the mean over seeds of the value and of the difference, their across-seed 95% CI
-    and a t-test of the per-seed differences. Values in the metric's display unit."""
+    """Paired tests of every method against its baseline, per run and manifest, episode by episode: its
+    learner's ``baseline`` setting (``fusion == none``), or with ``baseline="protonet[image]"`` that one
+    method of the run (see :func:`parse_baseline`); plus, for configs run over several seeds, one row per
+    method with ``seed == "all"``: the mean over seeds of the value and of the difference, their
+    across-seed 95% CI and a t-test of the per-seed differences. Values in the metric's display unit."""
+    base_learner, modalities = parse_baseline(baseline)
     k = scale(metric)
     rows = rows[rows["metric"] == metric]
+    within = ["run_id", "manifest_sha256"] + ([] if base_learner else ["learner"])
     out = []
-    for (run_id, sha, learner), group in rows.groupby(["run_id", "manifest_sha256", "learner"], sort=False):
-        base = group[(group["modalities"] == baseline) & (group["fusion"] == "none")]
+    for _, group in rows.groupby(within, sort=False):
+        base = group[(group["modalities"] == modalities) & (group["fusion"] == "none")
+                     & (group["learner"] == (base_learner or group["learner"].iloc[0]))]
         if base.empty:
             continue
         base_values = base.set_index("episode")["value"].sort_index()
-        for _, method in group.groupby(["fusion", "modalities"], sort=False):
+        label = f"{base['learner'].iloc[0]}[{modalities}]"
+        for _, method in group.groupby(METHOD, sort=False):
             first = method.iloc[0]
-            if (first["modalities"], first["fusion"]) == (baseline, "none"):
+            if is_baseline(first, baseline) and first["learner"] == base["learner"].iloc[0]:
                 continue
             values = method.set_index("episode")["value"].sort_index()
             if not values.index.equals(base_values.index):
-                log.warning("%s %s: episodes differ from the baseline's on manifest %s; not paired",
-                            run_id, first["modalities"], sha[:12])
+                log.warning("%s %s[%s]: episodes differ from the baseline's on manifest %s; not paired",
+                            first["run_id"], first["learner"], first["modalities"], first["manifest_sha256"][:12])
                 continue
             test = paired_test(values.to_numpy(), base_values.to_numpy())
             mean, ci = mean_ci95(values.to_numpy())
             out.append({**{c: first[c] for c in METHOD + KEYS}, "seed": str(first["seed"]),
                         metric: round(k * mean, 4), f"{metric}_ci95": round(k * ci, 4),
-                        "baseline": f"{learner}[{baseline}]", "baseline_setting": base["setting"].iloc[0],
+                        "baseline": label, "baseline_setting": base["setting"].iloc[0],
                         f"baseline_{metric}": round(k * float(base_values.mean()), 4),
                         "difference": round(k * test.mean_difference, 4), "difference_ci95": round(k * test.ci95, 4),
                         "p_value": test.p_value, "n_episodes": test.n, "n_seeds": 1})

@@ -21,8 +21,8 @@ import pandas as pd
 
 from benchmark.metrics import METRICS
 from benchmark.results import atomic_write_text
-from benchmark.tables import (COMBINED, KEYS, METHOD, compare, differing, format_p, load_rows, method_label,
-                              over_seeds, scale, summarize)
+from benchmark.tables import (COMBINED, KEYS, METHOD, compare, differing, format_p, is_baseline, load_rows,
+                              method_label, over_seeds, scale, summarize)
 from tasks.errors import BenchmarkError
 
 SHOWN_KEYS = ["run", "dataset", "setting", "seeds", "n_query"]
@@ -100,7 +100,7 @@ def wide_text(numbers: pd.DataFrame, metric: str, baseline: str) -> pd.DataFrame
             if diff is not None and not (isinstance(diff, float) and math.isnan(diff)):
                 vs = f"{diff:+.{d}f} ± {r[f'{ws} difference_ci95']:.{d}f} (p={format_p(r[f'{ws} p_value'])})"
             else:
-                vs = "(baseline)" if (r["modalities"], r["fusion"]) == (baseline, "none") else "-"
+                vs = "(baseline)" if is_baseline(r, baseline) else "-"
             values.append((text, vs))
         out[f"{ws} {metric}"] = [v[0] for v in values]
         out[f"{ws} vs baseline"] = [v[1] for v in values]

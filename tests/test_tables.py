@@ -136,3 +136,21 @@ def test_committed_previous_version_runs_still_load(tmp_path, capsys):
     image = rows[(rows["modalities"] == "image")]
     assert set(image["setting"]) == {"support=image,query=image"}
     assert set(rows["metric"]) == {"accuracy", "nll"} and (rows["schema_version"] == 1).all()
+
+
+def test_table_compares_learners_with_a_named_baseline_on_the_same_episodes(tmp_path, capsys):
+    run = _run(tmp_path / "runs", ["--learners", "protonet,matchingnet", "--modalities", "image"])
+    out = tmp_path / "vs_protonet"
+    code, err = _table(capsys, str(run), "--out", str(out), "--baseline", "protonet[image]")
+    assert code == 0, err
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert comparison[["learner", "baseline"]].values.tolist() == [["matchingnet", "protonet[image]"]]
+    row = comparison.iloc[0]
+    gap = _own(run, "matchingnet", "image", "none") - _own(run, "protonet", "image", "none")
+    assert row["difference"] == pytest.approx(gap, abs=0.01) and row["n_episodes"] == 8
+    wide = {r["learner"]: r for r in _md_rows(out / "comparison_wide.md")}
+    assert wide["protonet"]["5w1s vs baseline"] == "(baseline)" and wide["matchingnet"]["5w1s vs baseline"] != "-"
+    code, err = _table(capsys, str(run), "--out", str(tmp_path / "own"))  # each learner against itself: nothing
+    assert code == 0 and not (tmp_path / "own" / "comparison.csv").exists()
+    code, err = _table(capsys, str(run), "--out", str(out), "--baseline", "protonet[image")
+    assert code == 2 and "protonet[image]" in err

@@ -24,7 +24,8 @@ class Report(Subcommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl and run.json)")
         parser.add_argument("--out", required=True, help="folder for the report (created if missing)")
-        parser.add_argument("--baseline", default="image", help="modality setting compared against (default: image)")
+        parser.add_argument("--baseline", default="image", help="what each method is compared against: a modality setting, each learner against its own "
+                                 "(default: image), or LEARNER[SETTING], every method against that one (protonet[image])")
         parser.add_argument("--metric", default="accuracy",
                             help="metric of the tables and figures: accuracy (default), nll, ece")
         parser.add_argument("--reproduced", action="store_true",

@@ -14,7 +14,8 @@ class Table(Subcommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl)")
-        parser.add_argument("--baseline", default="image", help="modality setting compared against (default: image)")
+        parser.add_argument("--baseline", default="image", help="what each method is compared against: a modality setting, each learner against its own "
+                                 "(default: image), or LEARNER[SETTING], every method against that one (protonet[image])")
         parser.add_argument("--out", help="folder for the tables, created if missing (default: the run folder; "
                                           "required with several runs)")
         parser.add_argument("--metric", default="accuracy",

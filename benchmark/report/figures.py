@@ -106,7 +106,8 @@ def plot_fusion(comparison: pd.DataFrame, metric: str, baseline: str, out_dir: P
         ax.set_title(f"{way}-way {shot}-shot")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.grid(axis="x", alpha=0.3)
-    fig.supxlabel(f"paired difference to the same learner's {baseline} result ({_unit(metric)}), 95% CI")
+    against = baseline if "[" in baseline else f"the same learner's {baseline} result"
+    fig.supxlabel(f"paired difference to {against} ({_unit(metric)}), 95% CI")
     columns = ["label", "learner", "fusion", "modalities", "setting", "run", "seed", "n_way", "n_shot", metric,
                f"baseline_{metric}", "difference", "difference_ci95", "p_value", "n_seeds"]
     return _save(fig, data[columns], out_dir, "fusion")
