@@ -64,6 +64,10 @@ class FrozenConv4(nn.Module):
         checkpoint: the ``.pt`` file (see :func:`backbone_state`).
         hidden: channels per block of the trained network (64 for Conv-4-64).
         strided: the trained network used stride-2 convolutions.
+        l2_scale: ``None`` keeps the network's features as they are; a number ``s`` L2-normalises each
+            feature and multiplies it by ``s``, so that squared Euclidean distances are ``2 s^2 (1 - cos)``:
+            the metric of a backbone trained with a cosine classifier (Baseline++). ``s = sqrt(5)`` gives
+            nearest-prototype logits ``10 cos`` (Baseline++'s scale) up to a constant per query.
 
     Input ``[B, C, H, W]`` -> ``[B, out_dim]``; precomputed rows ``[B, out_dim]`` pass through.
     """
@@ -71,8 +75,12 @@ class FrozenConv4(nn.Module):
     frozen = True
 
     def __init__(self, image_shape: tuple[int, int, int], checkpoint: str = "", hidden: int = 64,
-                 strided: bool = False) -> None:
+                 strided: bool = False, l2_scale: float | None = None) -> None:
         super().__init__()
+        if l2_scale is not None and not l2_scale > 0:
+            raise BenchmarkError(f"backbone_options.l2_scale {l2_scale} must be a positive number (or left out "
+                                 "for the raw features)")
+        self.l2_scale = None if l2_scale is None else float(l2_scale)
         if not checkpoint:
             raise BenchmarkError("backbone conv4_frozen needs backbone_options.checkpoint, the .pt file of a "
                                  "trained model")
@@ -94,7 +102,8 @@ class FrozenConv4(nn.Module):
 
     def preprocessing(self, mean, std) -> str:
         """What turns the dataset's uint8 images into the input (part of the feature-cache key)."""
-        return f"normalise(mean={tuple(mean)},std={tuple(std)});conv4_frozen"
+        scaled = "" if self.l2_scale is None else f";l2_scale={self.l2_scale!r}"
+        return f"normalise(mean={tuple(mean)},std={tuple(std)});conv4_frozen{scaled}"
 
     @torch.no_grad()
     def precompute(self, dataset, device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
@@ -103,8 +112,14 @@ class FrozenConv4(nn.Module):
 
         return frozen_image_features(self, "conv4_frozen", weights_hash(self.net), dataset, device, batch_size)
 
+    def rescale(self, features: Tensor) -> Tensor:
+        """``[B, out_dim]`` raw features -> what this backbone outputs (see ``l2_scale``)."""
+        if self.l2_scale is None:
+            return features
+        return self.l2_scale * torch.nn.functional.normalize(features, dim=-1)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == self.out_dim:
             return x  # features precomputed by precompute()
         with torch.no_grad():
-            return self.net(x)
+            return self.rescale(self.net(x))

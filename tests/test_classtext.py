@@ -230,3 +230,20 @@ def test_training_a_loss_without_trainable_inputs_says_there_is_nothing_to_train
         meta_train(control, Method("control_film", ("image",), None), cfg, lambda: loader,
                    EpisodeSampler(data, "train", 3, 2, 3), None, torch.device("cpu"), 0, tmp_path / "c.pt",
                    resume=False)
+
+
+def test_frozen_conv4_l2_scale_normalises_features_and_keys_its_cache(world, tmp_path):
+    path = tmp_path / "protonet.pt"
+    torch.save(build(world, "protonet").state_dict(), path)
+    raw = FrozenConv4(world[0].image_shape, checkpoint=str(path), hidden=8)
+    scaled = FrozenConv4(world[0].image_shape, checkpoint=str(path), hidden=8, l2_scale=2.0)
+    images = episode(world).query["image"]
+    expected = 2.0 * torch.nn.functional.normalize(raw(images), dim=-1)
+    torch.testing.assert_close(scaled(images), expected)
+    features, raw_features = scaled.precompute(world[0]), raw.precompute(world[0])  # two cache entries
+    torch.testing.assert_close(features.norm(dim=1), torch.full((len(features),), 2.0))
+    torch.testing.assert_close(features, 2.0 * torch.nn.functional.normalize(raw_features, dim=-1))
+    assert raw.preprocessing((0.5,), (0.2,)) != scaled.preprocessing((0.5,), (0.2,))
+    for bad in (0, -1.0):
+        with pytest.raises(BenchmarkError, match="l2_scale"):
+            FrozenConv4(world[0].image_shape, checkpoint=str(path), hidden=8, l2_scale=bad)

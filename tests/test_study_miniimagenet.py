@@ -141,14 +141,17 @@ def test_backbone_choice_compares_frozen_backbones_on_validation_episodes(tmp_pa
     assert backbone_choice.main([*args, "--candidate", f"dead={dead}", "--candidate", f"random={checkpoint}",
                                  "--candidate", f"again={checkpoint}"]) == 0
     table = pd.read_csv(out / "backbone_choice.csv").set_index(["candidate", "n_shot"])
-    assert set(table.index) == {(c, s) for c in ("dead", "random", "again") for s in (1, 5)}
+    labels = ("dead", "dead/l2", "random", "random/l2", "again", "again/l2")
+    assert set(table.index) == {(c, s) for c in labels for s in (1, 5)}
+    assert (table.loc["dead/l2", "accuracy"] == 20.0).all() and (table.loc["random/l2", "accuracy"] > 20.0).all()
     assert (table.loc["dead", "accuracy"] == 20.0).all() and (table.loc["dead", "difference"] == 0).all()
     assert (table.loc["random", "accuracy"] > 20.0).all()  # real images: random features beat chance
     assert (table.loc["again", "accuracy"] == table.loc["random", "accuracy"]).all()  # same episodes, same weights
     assert table.loc["random", "difference"].to_numpy() == pytest.approx(table.loc["random", "accuracy"] - 20, abs=0.01)
     assert table.loc[("random", 5), "p_value"] < 0.01
     record = json.loads((out / "backbone_choice.json").read_text())
-    assert record["chosen"] == "random" and list(table.index.get_level_values(0)[:3]) == ["dead", "random", "again"] and set(record["manifest_sha256"]) == {"1", "5"}
+    assert list(table.index.get_level_values(0)[:6]) == list(labels)  # in the order given
+    assert record["chosen"] in ("random", "random/l2") and set(record["manifest_sha256"]) == {"1", "5"}
     assert not (out / "checkpoints").exists()  # nothing is trained
     assert backbone_choice.main([*args, "--candidate", f"a={tmp_path / 'missing.pt'}"]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err
@@ -156,3 +159,5 @@ def test_backbone_choice_compares_frozen_backbones_on_validation_episodes(tmp_pa
     assert "write it as LABEL=PATH" in capsys.readouterr().err
     assert backbone_choice.main([*args, "--candidate", f"a={dead}", "--candidate", f"a={checkpoint}"]) == 2
     assert "labels repeat" in capsys.readouterr().err
+    assert backbone_choice.main([*args, "--candidate", f"a={dead}", "--features", "raw,cos"]) == 2
+    assert "choose raw, l2 or raw,l2" in capsys.readouterr().err

@@ -4,7 +4,8 @@ Backbones trained in different ways report different validation numbers (ProtoNe
 nearest-prototype accuracy, Baseline++ a cosine head fine-tuned on each support set), so their own logs
 cannot be compared. The study uses every backbone the same way, as frozen features under
 nearest-prototype classification, so this module measures exactly that: ProtoNet on each candidate's
-frozen features, on one fixed manifest of validation episodes per shot (the 16 validation classes),
+frozen features, as they are and L2-normalised (``<label>/l2``: the metric of a backbone trained with a
+cosine classifier, which the study then uses with ``--l2-scale``), on one fixed manifest of validation episodes per shot (the 16 validation classes),
 with the paired difference of every candidate against the first. The test classes are not touched.
 
 Run::
@@ -55,24 +56,30 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+L2_SCALE = 5 ** 0.5  # any positive scale gives the same nearest prototype; the study's default
+
+
 def validation_accuracies(candidates: dict[str, Path], data_root: str, out: Path, shots: list[int],
-                          episodes: int, image_size: int = 84, hidden: int = 64, way: int = 5, query: int = 15,
+                          episodes: int, features: tuple[str, ...] = ("raw", "l2"), image_size: int = 84,
+                          hidden: int = 64, way: int = 5, query: int = 15,
                           max_per_class: int | None = None, classes_per_split: int | None = None,
                           seed: int = 0) -> tuple[dict[tuple[str, int], np.ndarray], dict[int, str]]:
     """Per-episode nearest-prototype accuracy on validation classes of each candidate's frozen features.
 
-    Returns ``({(label, shot): accuracies [episodes]}, {shot: manifest sha256})``; every candidate sees
-    the same episodes (manifests are stored in ``out/manifests``).
+    Returns ``({(label, shot): accuracies [episodes]}, {shot: manifest sha256})``, with ``label`` the
+    candidate's for raw features and ``<label>/l2`` for L2-normalised ones; every candidate sees the
+    same episodes (manifests are stored in ``out/manifests``).
     """
     from benchmark.evaluate import evaluate
     from benchmark.studies.miniimagenet_text import Study, StudyConfig
 
     accuracies, manifests = {}, {}
-    for label, path in candidates.items():
+    for (label, path), kind in ((c, kind) for c in candidates.items() for kind in features):
         cfg = StudyConfig(data_root=data_root, checkpoint=str(path), out=str(out), image_size=image_size,
-                          hidden=hidden, methods=["protonet"], shots=shots, way=way, query=query,
-                          test_episodes=episodes, max_per_class=max_per_class,
+                          hidden=hidden, l2_scale=L2_SCALE if kind == "l2" else None, methods=["protonet"],
+                          shots=shots, way=way, query=query, test_episodes=episodes, max_per_class=max_per_class,
                           classes_per_split=classes_per_split, seed=seed)
+        label = label if kind == "raw" else f"{label}/l2"
         study = Study(cfg)
         learner = study.build("protonet")  # nothing to train: prototypes of the frozen features
         loader = study.loader()
@@ -118,6 +125,7 @@ def write_choice(out: Path, table: pd.DataFrame, candidates: dict[str, Path], ma
                       f"`{next(iter(candidates))}`. "
                       f"Chosen (best at {shots[0]}-shot): **{chosen}**.\n\n" + to_markdown(table) + "\n")
     record = {"chosen": chosen, "criterion": f"highest {shots[0]}-shot validation accuracy",
+              "l2_scale": L2_SCALE,
               "candidates": {k: {"path": str(p), "sha256": sha256(p)} for k, p in candidates.items()},
               "manifest_sha256": {str(k): v for k, v in manifests.items()}, "episodes": episodes,
               "git_commit": git_commit()}
@@ -135,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/miniimagenet_text/backbone_choice")
     p.add_argument("--shots", default="1,5", help="validation shots (default 1,5; the first decides)")
     p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--features", default="raw,l2", help="raw, l2 (L2-normalised) or both (default raw,l2)")
     p.add_argument("--image-size", type=int, default=84)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--max-per-class", type=int, help="miniimagenet subset: images per class")
@@ -161,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchmarkError(f"--shots {args.shots!r}: expected comma-separated integers, e.g. 1,5") from None
         if not shots or min(shots) < 1 or args.episodes < 2:
             raise BenchmarkError("--shots needs positive integers and --episodes at least 2")
+        features = tuple(f.strip() for f in args.features.split(",") if f.strip())
+        if not features or set(features) - {"raw", "l2"}:
+            raise BenchmarkError(f"--features {args.features!r}: choose raw, l2 or raw,l2")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         accuracies, manifests = validation_accuracies(
-            candidates, args.data_root, out, shots, args.episodes, image_size=args.image_size, hidden=args.hidden,
-            max_per_class=args.max_per_class, classes_per_split=args.classes_per_split)
+            candidates, args.data_root, out, shots, args.episodes, features, image_size=args.image_size,
+            hidden=args.hidden, max_per_class=args.max_per_class, classes_per_split=args.classes_per_split)
         table = choice_table(accuracies, next(iter(candidates)))
         chosen = write_choice(out, table, candidates, manifests, shots, args.episodes)
     except BenchmarkError as err:

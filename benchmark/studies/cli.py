@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/miniimagenet_text/study", help="study folder (rerun to resume)")
     p.add_argument("--image-size", type=int, default=84, help="the size the backbone was trained at")
     p.add_argument("--hidden", type=int, default=64, help="channels of the trained Conv-4")
+    p.add_argument("--l2-scale", type=float,
+                   help="L2-normalise the frozen features and scale them by this (the metric of a backbone "
+                        "trained with a cosine classifier, e.g. Baseline++: 2.236 gives logits 10 cos); default raw")
     p.add_argument("--max-per-class", type=int, help="miniimagenet subset: images per class")
     p.add_argument("--classes-per-split", type=int, help="miniimagenet subset: classes per split")
     p.add_argument("--methods", type=_csv(str), help=f"subset of {','.join(METHODS)}")
@@ -63,7 +66,8 @@ def config_from_args(args: argparse.Namespace):
                         val_episodes=args.val_episodes, checkpoint_every=500)
     return StudyConfig(data_root=args.data_root, checkpoint=args.checkpoint, out=args.out, image_size=args.image_size,
                        max_per_class=args.max_per_class, classes_per_split=args.classes_per_split,
-                       hidden=args.hidden, methods=args.methods or list(METHODS), shots=args.shots,
+                       hidden=args.hidden, l2_scale=args.l2_scale, methods=args.methods or list(METHODS),
+                       shots=args.shots,
                        test_episodes=args.test_episodes, train=train, gate_every=args.gate_every,
                        gate_episodes=args.gate_episodes, text_fractions=args.text_fractions, seed=args.seed,
                        device=args.device)

@@ -87,6 +87,7 @@ class StudyConfig:
     max_per_class: int | None = None
     classes_per_split: int | None = None
     hidden: int = 64
+    l2_scale: float | None = None  # frozen features L2-normalised and scaled (see learners.pretrained.FrozenConv4)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     shots: list[int] = field(default_factory=lambda: [1, 5])
     way: int = 5
@@ -146,14 +147,17 @@ class Study:
         return EpisodeManifest.get(self.out / "manifests", self.dataset, split, self.cfg.way, shot, self.cfg.query,
                                    episodes, self.cfg.seed)[0]
 
+    def backbone_options(self) -> dict:
+        options = {"checkpoint": self.cfg.checkpoint, "hidden": self.cfg.hidden}
+        return options if self.cfg.l2_scale is None else {**options, "l2_scale": self.cfg.l2_scale}
+
     def build(self, label: str):
         """The learner of study method ``label`` on the frozen backbone (features computed once)."""
         name, options = METHODS[label]
         cls = LEARNERS.get(name)
         torch.manual_seed(self.cfg.seed)
         spec = ModelSpec(modalities=("image",), setting=self.setting, image_shape=self.dataset.image_shape,
-                         backbone="conv4_frozen", backbone_options={"checkpoint": self.cfg.checkpoint,
-                                                                   "hidden": self.cfg.hidden},
+                         backbone="conv4_frozen", backbone_options=self.backbone_options(),
                          text_encoder=self.text_encoder)
         learner = cls(spec, component_config(cls.Config, options, f"study method {label}")).to(self.device)
         if self.features is None:
