@@ -1,0 +1,199 @@
+"""The gate and missing class text of class-text learners trained end to end (issue 16, steps 3-5).
+
+The frozen-feature study (:mod:`benchmark.studies.miniimagenet_text`) tracks AM3's gate and the
+missing-text curve on a fixed backbone. This module measures the same on a harness run whose learners
+trained their backbone too (``benchmark/configs/miniimagenet_text_end_to_end.yaml``), from the run's
+saved models:
+
+* every AM3 model: its gate ``lambda`` (1 = image prototype) on every class of the training,
+  validation and test splits, and the geometry of its two prototypes
+  (:func:`benchmark.studies.geometry.prototype_geometry`) on features from its own trained backbone;
+* every model that reads class text (AM3, ``classfusion``): accuracy on the run's own test episodes
+  (the same manifests as its rows) with class text for a fraction p of the test classes
+  (:func:`benchmark.studies.classtext.evaluate_missing_text`), for each of the run's shots.
+
+Run::
+
+    python -m benchmark.studies.end_to_end --run runs/miniimagenet_text_e2e/<run_id> \\
+        --data-root ../shared/data --out results/miniimagenet_text/end_to_end
+
+It writes ``end_to_end.json`` (everything), ``gates.md`` and ``missing_text.csv``/``.md`` (p = 1 must equal
+the run's own accuracy, ``run_accuracy``: a check that the models and episodes are the run's).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.results import atomic_write_text
+from benchmark.stats import mean_ci95, paired_test
+from benchmark.tablewrite import to_markdown
+from tasks.errors import BenchmarkError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+@torch.no_grad()
+def image_features(learner, loader, n_items: int, batch_size: int = 500) -> torch.Tensor:
+    """``[n_items, D]`` image embeddings of every item through ``learner``'s own (trained) image encoder."""
+    out = []
+    for start in range(0, n_items, batch_size):
+        items = torch.arange(start, min(start + batch_size, n_items))
+        out.append(learner.encoder.encoders["image"](loader.side(items, ("image",))["image"]).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def am3_gates(learner, loader, dataset) -> list[dict]:
+    """Per split: ``lambda`` of every class and :func:`prototype_geometry` on the learner's own features."""
+    from benchmark.studies.geometry import prototype_geometry
+
+    features = image_features(learner, loader, len(dataset.labels))
+    labels = torch.as_tensor(np.asarray(dataset.labels))
+    class_text = loader.class_text
+    rows = []
+    for split in SPLITS:
+        classes = list(dataset.split_classes(split))
+        _, gate = learner.mixing(class_text[torch.as_tensor(classes)])
+        gate = gate.flatten()
+        rows.append({"split": split, "gate_mean": float(gate.mean()), "gate_min": float(gate.min()),
+                     "gate_max": float(gate.max()), "gates": [round(float(g), 6) for g in gate],
+                     **prototype_geometry(learner.mixing, features, labels, class_text, classes)})
+    return rows
+
+
+def run_manifests(run_dir: Path, dataset) -> dict[int, object]:
+    """``{shot: manifest}`` of the run's test episodes, regenerated from its manifest seed and checked
+    against the sha256 its ``run.json`` records."""
+    from tasks.sampler import EpisodeManifest
+
+    record = json.loads((run_dir / "run.json").read_text())
+    evaluation, manifests = record["config"]["eval"], {}
+    for cell, recorded in record["manifests"].items():
+        way, shot = (int(x) for x in cell.rstrip("s").split("w"))
+        manifest = EpisodeManifest.generate(dataset, "test", way, shot, int(evaluation.get("query", 15)),
+                                            int(evaluation["episodes"]), record["seeds"]["manifest"])
+        if manifest.sha256 != recorded["sha256"]:
+            raise BenchmarkError(f"{run_dir}: the {cell} test episodes regenerated from the run's seed are not "
+                                 "the run's (sha256 differs); was the dataset changed?")
+        manifests[shot] = manifest
+    return manifests
+
+
+def analyse(run_dir: Path, data_root: str, fractions: list[float], seed: int = 0) -> dict:
+    """Gates (AM3) and missing-text accuracies (every class-text model) of the models of ``run_dir``."""
+    from benchmark.predict import make_loader
+    from benchmark.savedmodel import load_learner
+    from benchmark.studies.classtext import evaluate_missing_text
+    from tasks.datasets import load_dataset
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file() or not (run_dir / "rows.jsonl").is_file():
+        raise BenchmarkError(f"{run_dir} holds no run.json and rows.jsonl: give a run folder written by "
+                             "`run_benchmark.py run`")
+    record = json.loads((run_dir / "run.json").read_text())
+    options = {k: v for k, v in record["config"].get("dataset_options", {}).items() if k != "download"}
+    dataset = load_dataset(record["config"]["dataset"], data_root or None, **options)
+    manifests = run_manifests(run_dir, dataset)
+    device = torch.device("cpu")
+    out = {"run": str(run_dir), "run_id": record.get("run_id"), "git_commit_of_run": record.get("git_commit"),
+           "fractions": fractions, "models": {}}
+    for path in sorted((run_dir / "checkpoints").glob("*.pt")):
+        if path.name.endswith(".train.pt"):
+            continue
+        learner = load_learner(path)
+        if not hasattr(learner, "set_class_text_available"):
+            continue  # reads no class text
+        loader = make_loader(learner, dataset, device)
+        model = {"learner": learner.benchmark_info.meta["learner"], "missing_text": {}}
+        if hasattr(learner, "mixing"):
+            model["gates"] = am3_gates(learner, loader, dataset)
+        for shot, manifest in manifests.items():
+            accuracies = evaluate_missing_text(learner, loader, manifest, dataset, fractions, device, seed)
+            model["missing_text"][str(shot)] = {str(p): [float(v) for v in values] for p, values in accuracies.items()}
+        out["models"][path.stem] = model
+        log.info("%s: done", path.stem)
+    return out
+
+
+def missing_text_table(result: dict, own: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) per model, shot and p, its paired difference to p = 1, and the run's own accuracy."""
+    rows = []
+    for name, model in result["models"].items():
+        for shot, by_p in model["missing_text"].items():
+            full = np.asarray(by_p[str(1.0)]) if str(1.0) in by_p else None
+            mine = own[(own["slug"] == name) & (own["n_shot"] == int(shot))]["accuracy"]
+            for p, values in by_p.items():
+                mean, ci = mean_ci95(np.asarray(values))
+                row = {"model": name, "n_shot": int(shot), "text_fraction": float(p), "accuracy": round(100 * mean, 2),
+                       "ci95": round(100 * ci, 2), "run_accuracy": float(mine.iloc[0]) if len(mine) else np.nan}
+                if full is not None and float(p) != 1.0:
+                    test = paired_test(np.asarray(values), full)
+                    row.update(difference_to_all_text=round(100 * test.mean_difference, 2),
+                               difference_ci95=round(100 * test.ci95, 2), p_value=float(f"{test.p_value:.3g}"))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gate_table(result: dict) -> pd.DataFrame:
+    keep = ["gate_mean", "gate_min", "gate_max", "image_feature_norm", "image_1shot_prototype_distance_between_classes",
+            "image_class_mean_distance_between_classes", "text_prototype_norm",
+            "text_prototype_distance_between_classes", "text_prototype_distance_to_its_class_mean"]
+    return pd.DataFrame([{"model": name, "split": r["split"], **{k: round(r[k], 4) for k in keep}}
+                         for name, model in result["models"].items() for r in model.get("gates", [])])
+
+
+def own_accuracies(run_dir: Path) -> pd.DataFrame:
+    """The run's own summary: ``slug`` (checkpoint stem), ``n_shot``, ``accuracy``."""
+    summary = pd.read_csv(run_dir / "summary.csv")
+    summary["slug"] = [f"{learner}-{modalities}-{fusion}" for learner, modalities, fusion in
+                       zip(summary["learner"], summary["modalities"], summary["fusion"])]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.studies.end_to_end",
+                                description="gates and missing class text of class-text learners trained end to end")
+    p.add_argument("--run", required=True, help="a run folder of benchmark/configs/miniimagenet_text_end_to_end.yaml")
+    p.add_argument("--data-root", required=True, help="folder holding the run's dataset")
+    p.add_argument("--out", default="results/miniimagenet_text/end_to_end")
+    p.add_argument("--text-fractions", default="1,0.75,0.5,0.25,0")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            fractions = [float(x) for x in args.text_fractions.split(",") if x.strip()]
+        except ValueError:
+            raise BenchmarkError(f"--text-fractions {args.text_fractions!r}: expected numbers in [0, 1]") from None
+        if not fractions or any(not 0 <= f <= 1 for f in fractions):
+            raise BenchmarkError(f"--text-fractions {args.text_fractions!r}: expected numbers in [0, 1]")
+        run_dir = Path(args.run)
+        result = analyse(run_dir, args.data_root, fractions)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "end_to_end.json", json.dumps(result) + "\n")
+        gates, missing = gate_table(result), missing_text_table(result, own_accuracies(run_dir))
+        atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
+        atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
+        atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(to_markdown(gates) if not gates.empty else "(no AM3 model)")
+    print(to_markdown(missing))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Gates and missing class text of learners trained end to end, from a run's saved models
+(benchmark/studies/end_to_end.py), on a tiny run of the built-in dataset."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main as cli
+from benchmark.studies import end_to_end
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e")
+    assert cli([*TINY, "--learners", "protonet,am3,classfusion", "--modalities", "image", "--shots", "1,2",
+                "--out", str(out)]) == 0
+    (run,) = [d for d in out.iterdir() if d.name != "manifests"]
+    return run
+
+
+def test_end_to_end_gates_and_missing_text_come_from_the_runs_own_models_and_episodes(run_dir, tmp_path):
+    out = tmp_path / "analysis"
+    assert end_to_end.main(["--run", str(run_dir), "--data-root", "", "--out", str(out),
+                            "--text-fractions", "1,0.5,0"]) == 0
+    result = json.loads((out / "end_to_end.json").read_text())
+    assert set(result["models"]) == {"am3-image-none", "classfusion-image-none"}  # ProtoNet reads no class text
+    am3 = result["models"]["am3-image-none"]
+    assert [g["split"] for g in am3["gates"]] == ["train", "val", "test"]
+    for g in am3["gates"]:
+        assert len(g["gates"]) == g["classes"] and 0 <= g["gate_min"] <= g["gate_mean"] <= g["gate_max"] <= 1
+        assert g["image_feature_norm"] > 0 and g["text_prototype_norm"] > 0
+    missing = pd.read_csv(out / "missing_text.csv")
+    assert set(missing["n_shot"]) == {1, 2} and set(missing["text_fraction"]) == {1.0, 0.5, 0.0}
+    full = missing[missing["text_fraction"] == 1.0]
+    # with all class text the accuracy is the run's own: the same models on the same episodes
+    assert full["accuracy"].to_numpy() == pytest.approx(full["run_accuracy"].to_numpy(), abs=0.01)
+    assert missing[missing["text_fraction"] < 1]["p_value"].between(0, 1).all()
+
+
+def test_end_to_end_errors_name_the_folder(tmp_path, capsys):
+    assert end_to_end.main(["--run", str(tmp_path), "--data-root", "", "--out", str(tmp_path / "o")]) == 2
+    assert "holds no run.json and rows.jsonl" in capsys.readouterr().err
+    assert end_to_end.main(["--run", str(tmp_path), "--data-root", "", "--text-fractions", "1,2"]) == 2
+    assert "expected numbers in [0, 1]" in capsys.readouterr().err
