@@ -38,6 +38,9 @@ def test_end_to_end_gates_and_missing_text_come_from_the_runs_own_models_and_epi
     # with all class text the accuracy is the run's own: the same models on the same episodes
     assert full["accuracy"].to_numpy() == pytest.approx(full["run_accuracy"].to_numpy(), abs=0.01)
     assert missing[missing["text_fraction"] < 1]["p_value"].between(0, 1).all()
+    (out / "missing_text.csv").unlink()
+    assert end_to_end.main(["--tables-only", "--out", str(out)]) == 0  # the tables come back from the JSON
+    pd.testing.assert_frame_equal(pd.read_csv(out / "missing_text.csv"), missing)
 
 
 def test_end_to_end_errors_name_the_folder(tmp_path, capsys):
@@ -45,3 +48,7 @@ def test_end_to_end_errors_name_the_folder(tmp_path, capsys):
     assert "holds no run.json and rows.jsonl" in capsys.readouterr().err
     assert end_to_end.main(["--run", str(tmp_path), "--data-root", "", "--text-fractions", "1,2"]) == 2
     assert "expected numbers in [0, 1]" in capsys.readouterr().err
+    assert end_to_end.main(["--tables-only", "--out", str(tmp_path / "none")]) == 2
+    assert "end_to_end.json does not exist" in capsys.readouterr().err
+    assert end_to_end.main(["--out", str(tmp_path / "none")]) == 2
+    assert "give --run RUN_DIR and --data-root DIR" in capsys.readouterr().err

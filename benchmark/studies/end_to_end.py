@@ -147,7 +147,7 @@ def gate_table(result: dict) -> pd.DataFrame:
     keep = ["gate_mean", "gate_min", "gate_max", "image_feature_norm", "image_1shot_prototype_distance_between_classes",
             "image_class_mean_distance_between_classes", "text_prototype_norm",
             "text_prototype_distance_between_classes", "text_prototype_distance_to_its_class_mean"]
-    return pd.DataFrame([{"model": name, "split": r["split"], **{k: round(r[k], 4) for k in keep}}
+    return pd.DataFrame([{"model": name, "split": r["split"], **{k: float(f"{r[k]:.4g}") for k in keep}}
                          for name, model in result["models"].items() for r in model.get("gates", [])])
 
 
@@ -159,34 +159,51 @@ def own_accuracies(run_dir: Path) -> pd.DataFrame:
     return summary
 
 
+def write_tables(out: Path, result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``gates.md`` and ``missing_text.csv``/``.md`` from ``result`` (``end_to_end.json``); the run's own
+    accuracies come from its ``summary.csv``, in the run folder or (a committed copy) in ``out``."""
+    gates = gate_table(result)
+    run = Path(result["run"])  # the run folder, or --out when the run's files were copied there
+    missing = missing_text_table(result, own_accuracies(run if (run / "summary.csv").is_file() else out))
+    atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
+    atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
+    atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
+    return gates, missing
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.studies.end_to_end",
                                 description="gates and missing class text of class-text learners trained end to end")
-    p.add_argument("--run", required=True, help="a run folder of benchmark/configs/miniimagenet_text_end_to_end.yaml")
-    p.add_argument("--data-root", required=True, help="folder holding the run's dataset")
+    p.add_argument("--run", help="a run folder of benchmark/configs/miniimagenet_text_end_to_end.yaml")
+    p.add_argument("--data-root", help="folder holding the run's dataset")
     p.add_argument("--out", default="results/miniimagenet_text/end_to_end")
+    p.add_argument("--tables-only", action="store_true",
+                   help="only rewrite the tables of --out from its end_to_end.json (and the run's summary.csv)")
     p.add_argument("--text-fractions", default="1,0.75,0.5,0.25,0")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
     try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        try:
-            fractions = [float(x) for x in args.text_fractions.split(",") if x.strip()]
-        except ValueError:
-            raise BenchmarkError(f"--text-fractions {args.text_fractions!r}: expected numbers in [0, 1]") from None
-        if not fractions or any(not 0 <= f <= 1 for f in fractions):
-            raise BenchmarkError(f"--text-fractions {args.text_fractions!r}: expected numbers in [0, 1]")
-        run_dir = Path(args.run)
-        result = analyse(run_dir, args.data_root, fractions)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "end_to_end.json", json.dumps(result) + "\n")
-        gates, missing = gate_table(result), missing_text_table(result, own_accuracies(run_dir))
-        atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
-        atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
-        atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
+        if args.tables_only:
+            if not (out / "end_to_end.json").is_file():
+                raise BenchmarkError(f"{out / 'end_to_end.json'} does not exist: run the analysis first (--run)")
+            result = json.loads((out / "end_to_end.json").read_text())
+        else:
+            if not args.run or args.data_root is None:
+                raise BenchmarkError("give --run RUN_DIR and --data-root DIR (or --tables-only)")
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            try:
+                fractions = [float(x) for x in args.text_fractions.split(",") if x.strip()]
+            except ValueError:
+                raise BenchmarkError(f"--text-fractions {args.text_fractions!r}: expected numbers in [0, 1]") from None
+            if not fractions or any(not 0 <= f <= 1 for f in fractions):
+                raise BenchmarkError(f"--text-fractions {args.text_fractions!r}: expected numbers in [0, 1]")
+            result = analyse(Path(args.run), args.data_root, fractions)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "end_to_end.json", json.dumps(result) + "\n")
+        gates, missing = write_tables(out, result)
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
