@@ -38,6 +38,9 @@ def test_end_to_end_gates_and_missing_text_come_from_the_runs_own_models_and_epi
     # with all class text the accuracy is the run's own: the same models on the same episodes
     assert full["accuracy"].to_numpy() == pytest.approx(full["run_accuracy"].to_numpy(), abs=0.01)
     assert missing[missing["text_fraction"] < 1]["p_value"].between(0, 1).all()
+    protonet = pd.read_csv(run_dir / "summary.csv").query("learner == 'protonet'").set_index("n_shot")["accuracy"]
+    gap = full["run_accuracy"].to_numpy() - protonet.loc[full["n_shot"]].to_numpy()
+    assert full["vs_protonet"].to_numpy() == pytest.approx(gap, abs=0.02)  # paired on the run's own episodes
     (out / "missing_text.csv").unlink()
     assert end_to_end.main(["--tables-only", "--out", str(out)]) == 0  # the tables come back from the JSON
     pd.testing.assert_frame_equal(pd.read_csv(out / "missing_text.csv"), missing)

@@ -124,8 +124,21 @@ def analyse(run_dir: Path, data_root: str, fractions: list[float], seed: int = 0
     return out
 
 
-def missing_text_table(result: dict, own: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy (%) per model, shot and p, its paired difference to p = 1, and the run's own accuracy."""
+def baseline_accuracies(folder: Path, learner: str = "protonet") -> dict[int, np.ndarray]:
+    """``{shot: per-episode accuracy}`` of ``learner`` on images in the run's ``rows.jsonl`` (or ``.gz``)."""
+    import gzip
+
+    path = folder / "rows.jsonl"
+    text = path.read_text() if path.is_file() else gzip.decompress((folder / "rows.jsonl.gz").read_bytes()).decode()
+    rows = pd.DataFrame([json.loads(line) for line in text.splitlines() if line.strip()])
+    rows = rows[(rows["learner"] == learner) & (rows["metric"] == "accuracy") & (rows["modalities"] == "image")
+                & (rows["fusion"] == "none")]
+    return {int(shot): g.sort_values("episode")["value"].to_numpy() for shot, g in rows.groupby("n_shot")}
+
+
+def missing_text_table(result: dict, own: pd.DataFrame, baseline: dict[int, np.ndarray] | None = None) -> pd.DataFrame:
+    """Accuracy (%) per model, shot and p, its paired difference to p = 1, the run's own accuracy and,
+    given ``baseline`` (:func:`baseline_accuracies`), the paired difference to the run's ProtoNet."""
     rows = []
     for name, model in result["models"].items():
         for shot, by_p in model["missing_text"].items():
@@ -139,6 +152,11 @@ def missing_text_table(result: dict, own: pd.DataFrame) -> pd.DataFrame:
                     test = paired_test(np.asarray(values), full)
                     row.update(difference_to_all_text=round(100 * test.mean_difference, 2),
                                difference_ci95=round(100 * test.ci95, 2), p_value=float(f"{test.p_value:.3g}"))
+                if baseline is not None and int(shot) in baseline:
+                    test = paired_test(np.asarray(values), baseline[int(shot)])
+                    row.update(vs_protonet=round(100 * test.mean_difference, 2),
+                               vs_protonet_ci95=round(100 * test.ci95, 2),
+                               vs_protonet_p=float(f"{test.p_value:.3g}"))
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -163,8 +181,9 @@ def write_tables(out: Path, result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``gates.md`` and ``missing_text.csv``/``.md`` from ``result`` (``end_to_end.json``); the run's own
     accuracies come from its ``summary.csv``, in the run folder or (a committed copy) in ``out``."""
     gates = gate_table(result)
-    run = Path(result["run"])  # the run folder, or --out when the run's files were copied there
-    missing = missing_text_table(result, own_accuracies(run if (run / "summary.csv").is_file() else out))
+    run = Path(result["run"])
+    run = run if (run / "summary.csv").is_file() else out  # the run folder, or a committed copy of its files
+    missing = missing_text_table(result, own_accuracies(run), baseline_accuracies(run))
     atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
     atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
     atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
