@@ -55,3 +55,27 @@ def test_end_to_end_errors_name_the_folder(tmp_path, capsys):
     assert "end_to_end.json does not exist" in capsys.readouterr().err
     assert end_to_end.main(["--out", str(tmp_path / "none")]) == 2
     assert "give --run RUN_DIR and --data-root DIR" in capsys.readouterr().err
+
+
+def test_end_to_end_control_pairs_the_image_only_fusion_with_the_runs_models(run_dir, tmp_path, capsys):
+    out = tmp_path / "analysis"
+    assert end_to_end.main(["--run", str(run_dir), "--data-root", "", "--out", str(out),
+                            "--text-fractions", "1,0"]) == 0
+    runs = tmp_path / "control"
+    control_args = [*TINY, "--learners", "classfusion", "--modalities", "image", "--shots", "1,2",
+                    "--set", "learner_options.classfusion.class_text=false", "--out", str(runs)]
+    assert cli(control_args) == 0
+    (control,) = [d for d in runs.iterdir() if d.name != "manifests"]
+    assert end_to_end.main(["--tables-only", "--out", str(out), "--control", str(control)]) == 0
+    table = pd.read_csv(out / "control.csv")
+    assert table.groupby("n_shot").size().to_dict() == {1: 3, 2: 3}
+    own = pd.read_csv(control / "summary.csv").set_index("n_shot")["accuracy"]
+    base = pd.read_csv(run_dir / "summary.csv").query("learner == 'protonet'").set_index("n_shot")["accuracy"]
+    rows = table[table["against"] == "protonet"].set_index("n_shot")
+    assert rows["accuracy"].to_numpy() == pytest.approx(own.loc[rows.index].to_numpy(), abs=0.01)
+    assert rows["difference"].to_numpy() == pytest.approx((own - base).loc[rows.index].to_numpy(), abs=0.02)
+    reseeded = tmp_path / "reseeded"
+    assert cli([*control_args[:-1], str(reseeded), "--seed", "1"]) == 0
+    (other,) = [d for d in reseeded.iterdir() if d.name != "manifests"]
+    assert end_to_end.main(["--tables-only", "--out", str(out), "--control", str(other)]) == 2
+    assert "test episodes differ from the run's" in capsys.readouterr().err

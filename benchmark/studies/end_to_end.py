@@ -17,6 +17,8 @@ Run::
     python -m benchmark.studies.end_to_end --run runs/miniimagenet_text_e2e/<run_id> \\
         --data-root ../shared/data --out results/miniimagenet_text/end_to_end
 
+With ``--control <run>`` (``benchmark/configs/miniimagenet_text_end_to_end_control.yaml``, the same
+classfusion trained without class text on the same episodes) it also writes ``control.csv``/``.md``.
 It writes ``end_to_end.json`` (everything), ``gates.md`` and ``missing_text.csv``/``.md`` (p = 1 must equal
 the run's own accuracy, ``run_accuracy``: a check that the models and episodes are the run's).
 """
@@ -177,7 +179,42 @@ def own_accuracies(run_dir: Path) -> pd.DataFrame:
     return summary
 
 
-def write_tables(out: Path, result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def control_table(result: dict, run: Path, control: Path) -> pd.DataFrame:
+    """The image-only control run (``miniimagenet_text_end_to_end_control.yaml``: classfusion trained
+    without class text) paired with the run's models on the same test episodes: what training with
+    class text adds at an equal architecture and budget.
+
+    Raises:
+        BenchmarkError: the control's test episodes are not the run's (manifest sha256 differ).
+    """
+    ours, theirs = (json.loads((folder / "run.json").read_text())["manifests"] for folder in (run, control))
+    for cell, recorded in ours.items():
+        if cell in theirs and theirs[cell]["sha256"] != recorded["sha256"]:
+            raise BenchmarkError(f"control {control}: its {cell} test episodes differ from the run's; train it "
+                                 "with the same seed and dataset")
+    controls = baseline_accuracies(control, learner="classfusion")
+    protonet = baseline_accuracies(run)
+    fusion = result["models"].get("classfusion-image-none", {}).get("missing_text", {})
+    rows = []
+    for shot, control_values in sorted(controls.items()):
+        by_p = fusion.get(str(shot), {})
+        pairs = [("control (no class text in training or test)", control_values, "protonet", protonet.get(shot))]
+        for p, label in (("1.0", "all class text at test"), ("0.0", "no class text at test")):
+            if p in by_p:
+                pairs.append((f"classfusion trained with text, {label}", np.asarray(by_p[p]), "control",
+                              control_values))
+        for name, values, against, reference in pairs:
+            if reference is None:
+                continue
+            mean, ci = mean_ci95(values)
+            test = paired_test(values, reference)
+            rows.append({"n_shot": shot, "model": name, "accuracy": round(100 * mean, 2), "ci95": round(100 * ci, 2),
+                         "against": against, "difference": round(100 * test.mean_difference, 2),
+                         "difference_ci95": round(100 * test.ci95, 2), "p_value": float(f"{test.p_value:.3g}")})
+    return pd.DataFrame(rows)
+
+
+def write_tables(out: Path, result: dict, control: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``gates.md`` and ``missing_text.csv``/``.md`` from ``result`` (``end_to_end.json``); the run's own
     accuracies come from its ``summary.csv``, in the run folder or (a committed copy) in ``out``."""
     gates = gate_table(result)
@@ -187,6 +224,10 @@ def write_tables(out: Path, result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
     atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
     atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
+    if control is not None:
+        table = control_table(result, run, control)
+        atomic_write_text(out / "control.csv", table.to_csv(index=False))
+        atomic_write_text(out / "control.md", to_markdown(table) + "\n")
     return gates, missing
 
 
@@ -198,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/miniimagenet_text/end_to_end")
     p.add_argument("--tables-only", action="store_true",
                    help="only rewrite the tables of --out from its end_to_end.json (and the run's summary.csv)")
+    p.add_argument("--control", help="the run folder of miniimagenet_text_end_to_end_control.yaml (same seed): "
+                                     "writes control.csv/.md")
     p.add_argument("--text-fractions", default="1,0.75,0.5,0.25,0")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
@@ -222,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             result = analyse(Path(args.run), args.data_root, fractions)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "end_to_end.json", json.dumps(result) + "\n")
-        gates, missing = write_tables(out, result)
+        control = Path(args.control) if args.control else None
+        if control is not None and not (control / "run.json").is_file():
+            raise BenchmarkError(f"--control {control} holds no run.json: give the control's run folder")
+        gates, missing = write_tables(out, result, control)
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
