@@ -79,3 +79,21 @@ def test_end_to_end_control_pairs_the_image_only_fusion_with_the_runs_models(run
     (other,) = [d for d in reseeded.iterdir() if d.name != "manifests"]
     assert end_to_end.main(["--tables-only", "--out", str(out), "--control", str(other)]) == 2
     assert "test episodes differ from the run's" in capsys.readouterr().err
+
+
+def test_end_to_end_pairs_with_the_protonet_of_another_run_on_the_same_episodes(run_dir, tmp_path, capsys):
+    runs = tmp_path / "gate_reg"
+    args = [*TINY, "--learners", "am3", "--modalities", "image", "--shots", "1,2",
+            "--set", "learner_options.am3.gate_reg=1.0", "--out", str(runs)]
+    assert cli(args) == 0
+    (gate_reg,) = [d for d in runs.iterdir() if d.name != "manifests"]
+    out = tmp_path / "analysis"
+    assert end_to_end.main(["--run", str(gate_reg), "--data-root", "", "--out", str(out), "--text-fractions", "1,0",
+                            "--baseline-run", str(run_dir)]) == 0
+    missing = pd.read_csv(out / "missing_text.csv")
+    full = missing[missing["text_fraction"] == 1.0].set_index("n_shot")
+    base = pd.read_csv(run_dir / "summary.csv").query("learner == 'protonet'").set_index("n_shot")["accuracy"]
+    assert full["vs_protonet"].to_numpy() == pytest.approx((full["run_accuracy"] - base).loc[full.index].to_numpy(),
+                                                           abs=0.02)
+    assert end_to_end.main(["--tables-only", "--out", str(out), "--baseline-run", str(tmp_path)]) == 2
+    assert "holds no run.json" in capsys.readouterr().err

@@ -179,6 +179,15 @@ def own_accuracies(run_dir: Path) -> pd.DataFrame:
     return summary
 
 
+def check_same_episodes(run: Path, other: Path, role: str) -> None:
+    """Raise unless every test setting the two runs share has the same manifest sha256."""
+    ours, theirs = (json.loads((folder / "run.json").read_text())["manifests"] for folder in (run, other))
+    for cell, recorded in ours.items():
+        if cell in theirs and theirs[cell]["sha256"] != recorded["sha256"]:
+            raise BenchmarkError(f"{role} {other}: its {cell} test episodes differ from the run's; train it "
+                                 "with the same seed and dataset")
+
+
 def control_table(result: dict, run: Path, control: Path) -> pd.DataFrame:
     """The image-only control run (``miniimagenet_text_end_to_end_control.yaml``: classfusion trained
     without class text) paired with the run's models on the same test episodes: what training with
@@ -187,11 +196,7 @@ def control_table(result: dict, run: Path, control: Path) -> pd.DataFrame:
     Raises:
         BenchmarkError: the control's test episodes are not the run's (manifest sha256 differ).
     """
-    ours, theirs = (json.loads((folder / "run.json").read_text())["manifests"] for folder in (run, control))
-    for cell, recorded in ours.items():
-        if cell in theirs and theirs[cell]["sha256"] != recorded["sha256"]:
-            raise BenchmarkError(f"control {control}: its {cell} test episodes differ from the run's; train it "
-                                 "with the same seed and dataset")
+    check_same_episodes(run, control, "control")
     controls = baseline_accuracies(control, learner="classfusion")
     protonet = baseline_accuracies(run)
     fusion = result["models"].get("classfusion-image-none", {}).get("missing_text", {})
@@ -214,13 +219,16 @@ def control_table(result: dict, run: Path, control: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_tables(out: Path, result: dict, control: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_tables(out: Path, result: dict, control: Path | None = None,
+                 baseline_run: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``gates.md`` and ``missing_text.csv``/``.md`` from ``result`` (``end_to_end.json``); the run's own
     accuracies come from its ``summary.csv``, in the run folder or (a committed copy) in ``out``."""
     gates = gate_table(result)
     run = Path(result["run"])
     run = run if (run / "summary.csv").is_file() else out  # the run folder, or a committed copy of its files
-    missing = missing_text_table(result, own_accuracies(run), baseline_accuracies(run))
+    if baseline_run is not None:
+        check_same_episodes(run, baseline_run, "--baseline-run")
+    missing = missing_text_table(result, own_accuracies(run), baseline_accuracies(baseline_run or run))
     atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
     atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
     atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
@@ -241,12 +249,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="only rewrite the tables of --out from its end_to_end.json (and the run's summary.csv)")
     p.add_argument("--control", help="the run folder of miniimagenet_text_end_to_end_control.yaml (same seed): "
                                      "writes control.csv/.md")
+    p.add_argument("--baseline-run", help="the run folder whose ProtoNet the models are paired with (default: the "
+                                          "run itself); its test episodes must be the run's")
     p.add_argument("--text-fractions", default="1,0.75,0.5,0.25,0")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     try:
+        control = Path(args.control) if args.control else None
+        baseline_run = Path(args.baseline_run) if args.baseline_run else None
+        for role, folder in (("--control", control), ("--baseline-run", baseline_run)):
+            if folder is not None and not (folder / "run.json").is_file():
+                raise BenchmarkError(f"{role} {folder} holds no run.json: give a run folder")
         if args.tables_only:
             if not (out / "end_to_end.json").is_file():
                 raise BenchmarkError(f"{out / 'end_to_end.json'} does not exist: run the analysis first (--run)")
@@ -265,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             result = analyse(Path(args.run), args.data_root, fractions)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "end_to_end.json", json.dumps(result) + "\n")
-        control = Path(args.control) if args.control else None
-        if control is not None and not (control / "run.json").is_file():
-            raise BenchmarkError(f"--control {control} holds no run.json: give the control's run folder")
-        gates, missing = write_tables(out, result, control)
+        gates, missing = write_tables(out, result, control, baseline_run)
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
