@@ -161,3 +161,15 @@ def test_backbone_choice_compares_frozen_backbones_on_validation_episodes(tmp_pa
     assert "labels repeat" in capsys.readouterr().err
     assert backbone_choice.main([*args, "--candidate", f"a={dead}", "--features", "raw,cos"]) == 2
     assert "choose raw, l2 or raw,l2" in capsys.readouterr().err
+
+
+def test_geometry_uses_the_feature_scale_the_study_trained_on(tmp_path, checkpoint):
+    from benchmark.studies import geometry
+
+    assert _study(tmp_path, checkpoint, "--methods", "protonet,am3", "--l2-scale", "2") == 0
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["config"]["l2_scale"] == 2.0
+    assert geometry.main(["--data-root", str(SHARED), "--checkpoint", str(checkpoint), "--study",
+                          str(tmp_path / "study"), "--image-size", "32", "--hidden", "8", "--classes-per-split", "5",
+                          "--max-per-class", "20", "--threads", "1"]) == 0
+    rows = json.loads((tmp_path / "study" / "geometry.json").read_text())
+    assert all(r["image_feature_norm"] == pytest.approx(2.0) for r in rows)  # read from study.json

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shots", type=_csv(int), default=[1], help="shots the heads were trained for (default 1)")
     p.add_argument("--image-size", type=int, default=84)
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--l2-scale", type=float, help="the study's --l2-scale (default: read from its study.json)")
     p.add_argument("--max-per-class", type=int)
     p.add_argument("--classes-per-split", type=int)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -131,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not Path(args.study, "checkpoints").is_dir():
             raise BenchmarkError(f"{args.study}/checkpoints does not exist; give the --out folder of a study run")
+        l2_scale = args.l2_scale
+        record = Path(args.study, "study.json")
+        if l2_scale is None and record.is_file():  # the heads were trained on the features the study used
+            l2_scale = json.loads(record.read_text()).get("config", {}).get("l2_scale")
         study = Study(StudyConfig(data_root=args.data_root, checkpoint=args.checkpoint, out=args.study,
-                                  image_size=args.image_size, hidden=args.hidden, max_per_class=args.max_per_class,
+                                  image_size=args.image_size, hidden=args.hidden, l2_scale=l2_scale,
+                                  max_per_class=args.max_per_class,
                                   classes_per_split=args.classes_per_split, methods=["protonet", *args.methods],
                                   shots=args.shots))
         rows = study_geometry(study, args.methods, args.shots)
