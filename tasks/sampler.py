@@ -1,6 +1,7 @@
 """Episode sampling with an explicit random generator, and fixed test manifests."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -105,16 +106,18 @@ class EpisodeManifest:
 
     @classmethod
     def load(cls, path: str | Path, dataset: FewShotDataset | None = None) -> "EpisodeManifest":
-        """Load and verify the stored hash (and the dataset fingerprint, if a dataset is given)."""
+        """Load and verify the stored hash (and the dataset fingerprint, if a dataset is given); a path
+        ending in ``.gz`` is read as gzip (600-episode manifests are ~0.5 MB as JSON, ~0.1 MB gzipped)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            data = json.loads(raw)
             manifest = cls(
                 data["dataset"], data["dataset_fingerprint"], data["split"], int(data["n_way"]),
                 int(data["n_shot"]), int(data["n_query"]), int(data["seed"]),
                 tuple(EpisodeSpec.from_json(e) for e in data["episodes"]),
             )
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
             raise BenchmarkError(f"cannot read episode manifest {path}: {err}; delete it to regenerate") from None
         if data.get("sha256") != manifest.sha256:
             raise BenchmarkError(f"episode manifest {path} does not match its stored sha256 (edited or corrupt); "
@@ -139,12 +142,14 @@ class EpisodeManifest:
 
         The file name holds the dataset's fingerprint, so two datasets of one name (other contents or
         options) never share a manifest in one ``--out``; a manifest saved under the older name without
-        it is still used when it was made for this dataset's contents.
+        it is still used when it was made for this dataset's contents. A gzipped copy
+        (``<name>.json.gz``, as committed results keep them) stands for the file.
         """
         settings = f"{split}-{n_way}w{n_shot}s{n_query}q-{n_episodes}ep-seed{seed}.json"
         path = Path(directory) / f"{dataset.name}-{dataset.fingerprint()[:12]}-{settings}"
-        if path.exists():
-            return cls.load(path, dataset), path
+        for saved in (path, path.with_name(path.name + ".gz")):
+            if saved.exists():
+                return cls.load(saved, dataset), saved
         legacy = Path(directory) / f"{dataset.name}-{settings}"
         if legacy.exists():
             try:

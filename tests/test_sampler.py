@@ -87,6 +87,22 @@ def test_manifest_get_reuses_the_saved_file(tiny_dataset, tmp_path):
     assert p1 == p2 and m1.sha256 == m2.sha256 and p2.stat().st_mtime_ns == mtime
 
 
+def test_manifest_get_uses_a_gzipped_copy_instead_of_regenerating(tiny_dataset, tmp_path):
+    """A manifest kept as ``<name>.json.gz`` (how committed results store them) is loaded, verified
+    and used by ``get``; nothing is regenerated beside it; a damaged one names its file."""
+    import gzip
+
+    m1, p1 = EpisodeManifest.get(tmp_path, tiny_dataset, "test", 5, 1, 3, 10, 0)
+    packed = p1.with_name(p1.name + ".gz")
+    packed.write_bytes(gzip.compress(p1.read_bytes()))
+    p1.unlink()
+    m2, p2 = EpisodeManifest.get(tmp_path, tiny_dataset, "test", 5, 1, 3, 10, 0)
+    assert p2 == packed and m2.sha256 == m1.sha256 and not p1.exists()
+    packed.write_bytes(packed.read_bytes()[:40])
+    with pytest.raises(BenchmarkError, match=f"cannot read episode manifest {packed}"):
+        EpisodeManifest.get(tmp_path, tiny_dataset, "test", 5, 1, 3, 10, 0)
+
+
 def test_loader_side_gathers_the_same_items_from_any_index_type():
     """``EpisodeLoader.side`` (``index_select``) returns the normalised images of the given items,
     whether they come as a tensor, a list or an int32 NumPy array."""
