@@ -38,6 +38,12 @@ class TrainConfig:
     # torch.compile backend for the image backbone during meta-training ("inductor"; "": eager).
     # Learners with inner-loop gradients (MAML family) always train eagerly; evaluation is eager.
     compile: str = ""
+    # Learners with a class-text gate (AM3's lambda): record it for every class of the train, val and test
+    # splits, with how well text-only and image-only prototypes separate each split's classes, every this
+    # many steps (0: off) on `gate_episodes` fixed episodes per split (val_way, val_shot, val_query), to
+    # <run>/gates/<method>.jsonl. Measurement only: training, results and the run's id are unchanged.
+    gate_every: int = 0
+    gate_episodes: int = 20
 
 
 @dataclass
@@ -93,7 +99,8 @@ class ExperimentConfig:
             ("train.val_episodes", self.train.val_episodes, 1), ("train.val_way", self.train.val_way, 2),
             ("train.val_shot", self.train.val_shot, 1), ("train.val_query", self.train.val_query, 1),
             ("train.lr_decay_every", self.train.lr_decay_every, 0),
-            ("train.checkpoint_every", self.train.checkpoint_every, 0), ("eval.query", self.eval.query, 1),
+            ("train.checkpoint_every", self.train.checkpoint_every, 0), ("train.gate_every", self.train.gate_every, 0),
+            ("train.gate_episodes", self.train.gate_episodes, 1), ("eval.query", self.eval.query, 1),
             ("eval.episodes", self.eval.episodes, 1), ("threads", self.threads, 0),
         ]
         checks += [("eval.ways", w, 2) for w in self.eval.ways] + [("eval.shots", s, 1) for s in self.eval.shots]

@@ -22,7 +22,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     data = to_dict(cfg)
     for key in ("out", "device", "threads", "protocol", "note"):
         data.pop(key)
-    data["train"].pop("checkpoint_every")  # where training may resume from, not what it computes
+    for key in ("checkpoint_every", "gate_every", "gate_episodes"):  # what is saved or measured on the way,
+        data["train"].pop(key)                                         # not what is computed: other runs keep their ids
     # plugin sources and changed learner defaults, only when present: other runs keep their ids
     data.update(code_identity(list(cfg.learners) + [m.split(":")[0] for m in cfg.methods]))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
@@ -51,7 +52,7 @@ def prepare_output(out: str, run_id: str) -> Path:
 
 def set_aside_previous(run_dir: Path) -> None:
     """``--no-resume``: move earlier results and checkpoints of this run to ``replaced-<time>/``."""
-    names = [n for n in ("rows.jsonl", "summary.csv", "summary.md", "run.json", "checkpoints", "train_log")
+    names = [n for n in ("rows.jsonl", "summary.csv", "summary.md", "run.json", "checkpoints", "train_log", "gates")
              if (run_dir / n).exists()]
     if not names:
         return

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from benchmark import distributed
 from benchmark.checkpoint import RunLock, save_model
 from benchmark.config import ExperimentConfig, component_config, train_config
 from benchmark.evaluate import evaluate
@@ -204,11 +205,39 @@ class Benchmark:
     def train(self, learner: Learner, method: Method) -> dict:
         """Meta-train ``method``'s learner on episodes shown as at test time; returns its history
         (see :func:`benchmark.training.meta_train`)."""
-        return meta_train(learner, method, train_config(self.cfg, method.learner),
-                          lambda: self.episode_loader(learner), self.samplers[method.learner],
+        train = train_config(self.cfg, method.learner)
+        loader = None
+
+        def make_loader() -> EpisodeLoader:
+            nonlocal loader
+            loader = loader or self.episode_loader(learner)
+            return loader
+
+        return meta_train(learner, method, train, make_loader, self.gate_tracking(learner, method, train, make_loader),
                           self.val_manifest, self.device, self.seeds["train_episodes"],
                           self.train_checkpoint(method), self.resume,
                           TrainLog(self.run_dir / "train_log" / f"{method.slug}.csv"))
+
+    def gate_tracking(self, learner: Learner, method: Method, train, make_loader: Callable[[], EpisodeLoader]):
+        """The method's training sampler, wrapped to record its class-text gate every ``train.gate_every``
+        steps to ``gates/<slug>.jsonl`` (:mod:`benchmark.gates`) when it has one (AM3's ``mixing``) and the
+        run has class text; else the sampler itself. The tracked episodes are ``train.gate_episodes``
+        fixed val-protocol episodes per split, seeded from the run's manifest seed."""
+        sampler = self.samplers[method.learner]
+        if not train.gate_every or not hasattr(learner, "mixing") or self._prepared().klass is None \
+                or not distributed.current().is_main:
+            return sampler
+        from benchmark.gates import GateTracker, TrackingSampler
+
+        manifests = {split: EpisodeManifest.generate(self.dataset, split, train.val_way, train.val_shot,
+                                                     train.val_query, train.gate_episodes, self.seeds["manifest"])
+                     for split in ("train", "val", "test")}
+        path = self.run_dir / "gates" / f"{method.slug}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        if not self.resume and path.exists():
+            path.unlink()
+        return TrackingSampler(sampler, GateTracker(learner, make_loader(), self.dataset, manifests, path,
+                                                    train.gate_every))
 
     def test(self, learner: Learner, method: Method) -> list[dict]:
         """Evaluate ``learner`` on every test manifest; the rows of ``rows.jsonl`` (one per episode and metric)."""

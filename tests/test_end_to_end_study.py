@@ -97,3 +97,30 @@ def test_end_to_end_pairs_with_the_protonet_of_another_run_on_the_same_episodes(
                                                            abs=0.02)
     assert end_to_end.main(["--tables-only", "--out", str(out), "--baseline-run", str(tmp_path)]) == 2
     assert "holds no run.json" in capsys.readouterr().err
+
+
+def test_gates_tracked_during_a_harness_run_leave_its_numbers_and_id_unchanged(tmp_path):
+    """``train.gate_every`` records AM3's gate per class and the text/image separation of the train, val
+    and test classes while the harness trains; the run's id and per-episode results are those of the same
+    run without it, and the end-to-end analysis tables the tracked gates."""
+    args = [*TINY, "--learners", "am3", "--modalities", "image", "--shots", "1", "--train-episodes", "4"]
+    assert cli([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert cli([*args, "--set", "train.gate_every=2", "--set", "train.gate_episodes=2",
+                "--out", str(tmp_path / "tracked")]) == 0
+    (plain,) = [d for d in (tmp_path / "plain").iterdir() if d.name != "manifests"]
+    (tracked,) = [d for d in (tmp_path / "tracked").iterdir() if d.name != "manifests"]
+    assert plain.name == tracked.name  # tracking does not change what is computed, so not the id
+    pd.testing.assert_frame_equal(pd.read_json(plain / "rows.jsonl", lines=True).drop(columns="timestamp", errors="ignore"),
+                                  pd.read_json(tracked / "rows.jsonl", lines=True).drop(columns="timestamp", errors="ignore"))
+    assert not (plain / "gates").exists()
+    records = [json.loads(line) for line in (tracked / "gates" / "am3-image-none.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records] == [(s, sp) for s in (0, 2) for sp in ("train", "val", "test")]
+    for r in records:
+        assert len(r["gates"]) == r["classes"] and 0 <= r["gate_min"] <= r["gate_mean"] <= r["gate_max"] <= 1
+        assert 0 <= r["text_accuracy"] <= 1 and 0 <= r["image_accuracy"] <= 1
+    out = tmp_path / "analysis"
+    assert end_to_end.main(["--run", str(tracked), "--data-root", "", "--out", str(out), "--text-fractions", "1"]) == 0
+    during = pd.read_csv(out / "gates_training.csv")
+    assert during[["step", "split"]].values.tolist() == [[s, sp] for s in (0, 2) for sp in ("train", "val", "test")]
+    assert during["gate_mean"].tolist() == pytest.approx([r["gate_mean"] for r in records], abs=1e-4)
+    assert (out / "gates_training.md").is_file()

@@ -10,7 +10,10 @@ saved models:
   (:func:`benchmark.studies.geometry.prototype_geometry`) on features from its own trained backbone;
 * every model that reads class text (AM3, ``classfusion``): accuracy on the run's own test episodes
   (the same manifests as its rows) with class text for a fraction p of the test classes
-  (:func:`benchmark.studies.classtext.evaluate_missing_text`), for each of the run's shots.
+  (:func:`benchmark.studies.classtext.evaluate_missing_text`), for each of the run's shots;
+* the gate *during* training, when the run tracked it (``train.gate_every``, :mod:`benchmark.gates`):
+  lambda per split and the text-only / image-only separation of each split's classes at every
+  recorded step (``gates_training.csv``, and a 1-2-5 selection of steps in ``gates_training.md``).
 
 Run::
 
@@ -123,7 +126,56 @@ def analyse(run_dir: Path, data_root: str, fractions: list[float], seed: int = 0
             model["missing_text"][str(shot)] = {str(p): [float(v) for v in values] for p, values in accuracies.items()}
         out["models"][path.stem] = model
         log.info("%s: done", path.stem)
+    out["training_gates"] = training_gates(run_dir)
     return out
+
+
+def training_gates(run_dir: Path) -> dict[str, list[dict]]:
+    """``{slug: records}`` of the gates a run tracked while training (``<run>/gates/<slug>.jsonl``), without
+    the per-class values, one record per (step, split): a resumed run records the steps after its last
+    checkpoint again, and the later record wins."""
+    tracked = {}
+    for path in sorted((run_dir / "gates").glob("*.jsonl")):
+        records = {}
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            record.pop("gates", None)
+            records[(record["step"], record["split"])] = record
+        tracked[path.stem] = [records[k] for k in sorted(records, key=lambda k: (k[0], SPLITS.index(k[1])))]
+    return tracked
+
+
+SPLITS = ("train", "val", "test")
+
+
+def training_gate_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tracked gates, long (one row per model, step and split) and wide for reading (one row per model
+    and step: lambda and the text-only / image-only separation, in %, of each split; the steps recorded
+    nearest to 0, 10, 20, 50, 100, 200, 500, ... and the last)."""
+    long = pd.DataFrame([{"model": name, **r} for name, records in result.get("training_gates", {}).items()
+                         for r in records])
+    if long.empty:
+        return long, long
+    wide = []
+    for name, group in long.groupby("model", sort=False):
+        steps = sorted(group["step"].unique())
+        marks = [m * 10 ** e for e in range(8) for m in (1, 2, 5)]
+        keep = {steps[0], steps[-1]} | {min(steps, key=lambda s: abs(s - m)) for m in marks if m <= steps[-1]}
+        for step in sorted(keep):
+            at = group[group["step"] == step].set_index("split")
+            row = {"model": name, "step": int(step)}
+            for split in SPLITS:
+                if split in at.index:
+                    row[f"lambda_{split}"] = float(f"{at.loc[split, 'gate_mean']:.3g}")
+            for split in SPLITS:
+                if split in at.index:
+                    row[f"text_sep_{split}"] = round(100 * at.loc[split, "text_accuracy"], 1)
+                    row[f"image_sep_{split}"] = round(100 * at.loc[split, "image_accuracy"], 1)
+            wide.append(row)
+    return long, pd.DataFrame(wide)
 
 
 def baseline_accuracies(folder: Path, learner: str = "protonet") -> dict[int, np.ndarray]:
@@ -232,6 +284,10 @@ def write_tables(out: Path, result: dict, control: Path | None = None,
     atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
     atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
     atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
+    during, readable = training_gate_tables(result)
+    if not during.empty:
+        atomic_write_text(out / "gates_training.csv", during.to_csv(index=False))
+        atomic_write_text(out / "gates_training.md", to_markdown(readable) + "\n")
     if control is not None:
         table = control_table(result, run, control)
         atomic_write_text(out / "control.csv", table.to_csv(index=False))
