@@ -82,7 +82,7 @@ class GateTracker:
                     record = {"step": step - 1, "split": split, "classes": len(classes),
                               "gate_mean": gate.mean().item(),
                               "gate_min": gate.min().item(), "gate_max": gate.max().item(),
-                              "gates": {self.dataset.class_names[c]: round(g, 5) for c, g in
+                              "gates": {self.dataset.class_names[c]: float(f"{g:.4g}") for c, g in
                                         zip(classes.tolist(), gate.squeeze(1).tolist())},
                               **separation(self.learner, self.loader, manifest)}
                     self.records.append(record)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gzip
 import json
 import platform
 from collections.abc import Callable
@@ -93,11 +94,20 @@ def append_rows(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, _complete_lines(path) + new)
 
 
+def rows_file(run_dir: Path) -> Path:
+    """The rows of a run folder: ``rows.jsonl``, or ``rows.jsonl.gz`` where a folder kept with
+    committed results holds only that (the plain file name when neither exists)."""
+    plain = Path(run_dir) / "rows.jsonl"
+    gzipped = plain.with_name("rows.jsonl.gz")
+    return gzipped if not plain.exists() and gzipped.exists() else plain
+
+
 def read_rows(path: Path) -> pd.DataFrame:
-    """Read rows, ignoring a trailing partial line left by a crash."""
+    """Read rows (``.jsonl`` or ``.jsonl.gz``), ignoring a trailing partial line left by a crash."""
     rows = []
     if path.exists():
-        for line in path.read_text().splitlines():
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for line in text.splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:

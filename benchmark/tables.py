@@ -79,15 +79,16 @@ def load_rows(run_dirs: list[Path]) -> pd.DataFrame:
     """The rows of several run folders, upgraded to the current schema and keyed by :data:`KEYS`.
 
     Raises:
-        BenchmarkError: a folder without ``rows.jsonl``, or one run given twice.
+        BenchmarkError: a folder without ``rows.jsonl`` (or ``rows.jsonl.gz``), or one run given twice.
     """
-    from benchmark.results import read_rows
+    from benchmark.results import read_rows, rows_file
 
     frames, seen = [], {}
     for run_dir in map(Path, run_dirs):
-        if not (run_dir / "rows.jsonl").exists():
-            raise BenchmarkError(f"{run_dir} holds no rows.jsonl: give run folders written by `run_benchmark.py run`")
-        rows = read_rows(run_dir / "rows.jsonl")
+        if not rows_file(run_dir).exists():
+            raise BenchmarkError(f"{run_dir} holds no rows.jsonl (nor rows.jsonl.gz): give run folders written by "
+                                 "`run_benchmark.py run`")
+        rows = read_rows(rows_file(run_dir))
         if rows.empty:
             continue
         for run_id in rows["run_id"].unique():

@@ -153,6 +153,21 @@ def test_gate_tracking_records_and_leaves_training_unchanged(world, tmp_path):
     assert len((tmp_path / "gates.jsonl").read_text().splitlines()) == 6
 
 
+def test_gate_tracking_keeps_a_collapsed_gate_per_class(world, tmp_path):
+    """A gate at the text side (lambda ~ 1e-7, as end to end) is recorded per class, not rounded to 0."""
+    data, _, loader, _ = world
+    am3 = build(world, "am3")
+    with torch.no_grad():
+        am3.gate[-1].weight.zero_()
+        am3.gate[-1].bias.fill_(-16.0)  # sigmoid(-16) = 1.1e-7
+    manifests = {"train": EpisodeManifest.generate(data, "train", 3, 1, 2, 1, seed=0)}
+    tracker = classtext.GateTracker(am3, loader, data, manifests, tmp_path / "gates.jsonl", every=1)
+    tracker(1)
+    (record,) = tracker.records
+    assert record["gate_max"] == pytest.approx(1.125e-7, rel=1e-2)
+    assert all(g == pytest.approx(record["gate_mean"], rel=1e-3) for g in record["gates"].values())
+
+
 def test_frozen_conv4_loads_a_trained_backbone(world, tmp_path):
     proto = build(world, "protonet")
     path = tmp_path / "protonet.pt"

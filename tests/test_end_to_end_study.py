@@ -117,6 +117,9 @@ def test_gates_tracked_during_a_harness_run_leave_its_numbers_and_id_unchanged(t
     assert [(r["step"], r["split"]) for r in records] == [(s, sp) for s in (0, 2) for sp in ("train", "val", "test")]
     for r in records:
         assert len(r["gates"]) == r["classes"] and 0 <= r["gate_min"] <= r["gate_mean"] <= r["gate_max"] <= 1
+        per_class = list(r["gates"].values())  # to 4 significant digits, so a collapsed gate (1e-7) is not 0
+        assert min(per_class) == pytest.approx(r["gate_min"], rel=1e-3)
+        assert max(per_class) == pytest.approx(r["gate_max"], rel=1e-3)
         assert 0 <= r["text_accuracy"] <= 1 and 0 <= r["image_accuracy"] <= 1
     out = tmp_path / "analysis"
     assert end_to_end.main(["--run", str(tracked), "--data-root", "", "--out", str(out), "--text-fractions", "1"]) == 0

@@ -110,6 +110,22 @@ def test_table_over_two_seeds_reports_each_seed_and_the_mean_over_seeds(runs, tm
     assert float(fused[0]["5w1s vs baseline"].split()[0]) == pytest.approx(attention.loc["all", "difference"])
 
 
+def test_table_reads_a_run_folder_kept_with_gzipped_rows(runs, tmp_path, capsys):
+    """Committed results keep rows as rows.jsonl.gz; `table` must read them as the plain file."""
+    import gzip
+    import shutil
+
+    kept = tmp_path / "kept" / runs["C"].name
+    kept.mkdir(parents=True)
+    shutil.copy(runs["C"] / "run.json", kept / "run.json")
+    (kept / "rows.jsonl.gz").write_bytes(gzip.compress((runs["C"] / "rows.jsonl").read_bytes()))
+    for folders, out in (((runs["A"], runs["C"]), tmp_path / "plain"), ((runs["A"], kept), tmp_path / "gz")):
+        code, err = _table(capsys, *map(str, folders), "--out", str(out))
+        assert code == 0, err
+    assert (tmp_path / "gz" / "over_seeds.csv").read_text() == (tmp_path / "plain" / "over_seeds.csv").read_text()
+    assert (tmp_path / "gz" / "comparison_wide.md").read_text() == (tmp_path / "plain" / "comparison_wide.md").read_text()
+
+
 def test_table_out_creates_its_folder(runs, tmp_path, capsys):
     out = tmp_path / "new" / "deeper"
     code, err = _table(capsys, str(runs["A"]), "--out", str(out))

@@ -13,7 +13,7 @@ class Table(Subcommand):
     help = "regenerate summary and paired-comparison tables from run folders (never mixing runs)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl)")
+        parser.add_argument("run_dirs", nargs="+", help="run folders (each holds rows.jsonl, or rows.jsonl.gz as kept in results/)")
         parser.add_argument("--baseline", default="image", help="what each method is compared against: a modality setting, each learner against its own "
                                  "(default: image), or LEARNER[SETTING], every method against that one (protonet[image])")
         parser.add_argument("--out", help="folder for the tables, created if missing (default: the run folder; "
