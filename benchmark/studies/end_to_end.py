@@ -70,7 +70,7 @@ def am3_gates(learner, loader, dataset) -> list[dict]:
         _, gate = learner.mixing(class_text[torch.as_tensor(classes)])
         gate = gate.flatten()
         rows.append({"split": split, "gate_mean": float(gate.mean()), "gate_min": float(gate.min()),
-                     "gate_max": float(gate.max()), "gates": [round(float(g), 6) for g in gate],
+                     "gate_max": float(gate.max()), "gates": [float(f"{g:.4g}") for g in gate.tolist()],  # 4 significant digits: a collapsed gate is ~1e-7
                      **prototype_geometry(learner.mixing, features, labels, class_text, classes)})
     return rows
 

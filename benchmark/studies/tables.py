@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import atomic_write_bytes, atomic_write_text, read_rows
+from benchmark.results import atomic_write_bytes, atomic_write_text, read_rows, rows_file
 from benchmark.tablewrite import to_markdown
 from benchmark.stats import mean_ci95, paired_test
 
@@ -147,11 +147,7 @@ def gate_overview(gates: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 def study_rows(folder: Path) -> pd.DataFrame:
     """The per-episode rows of ``folder``: ``rows.jsonl``, else its compressed copy ``rows.jsonl.gz``
     (the one committed: the plain file of a full study is tens of MB)."""
-    rows = read_rows(Path(folder) / "rows.jsonl")
-    packed = Path(folder) / "rows.jsonl.gz"
-    if rows.empty and packed.is_file():
-        rows = pd.read_json(packed, lines=True, compression="gzip")
-    return rows
+    return read_rows(rows_file(folder))
 
 
 def pack_rows(folder: Path) -> None:
