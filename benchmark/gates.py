@@ -6,7 +6,7 @@
   for each step's episode), so the shared training loop needs no hook. The class-text study
   (:mod:`benchmark.studies.miniimagenet_text`) and the harness (``train.gate_every``) use it.
 * :func:`separation`: how well the text-only prototypes ``g(t)`` and the image-only prototypes
-  separate the classes of a split (accuracy of nearest-prototype classification of image queries).
+  separate the classes of a split (accuracy and cross-entropy of image queries classified by them).
   The collapse hypothesis: on training classes ``g(t)`` separates almost perfectly (it was fitted
   there), so the loss drives ``lambda`` to the text side, while on test classes it separates less.
 """
@@ -30,21 +30,25 @@ def _device(learner) -> torch.device:
 
 @torch.no_grad()
 def separation(learner, loader: EpisodeLoader, manifest: EpisodeManifest) -> dict[str, float]:
-    """Mean accuracy over ``manifest`` of image queries classified by the nearest text-only prototype
-    ``g(t)`` (``text_accuracy``) and by the nearest image prototype (``image_accuracy``).
+    """How each side alone classifies the image queries of ``manifest``: with the text-only prototypes
+    ``g(t)`` (lambda = 0) and with the image prototypes (lambda = 1), the mean accuracy
+    (``text_accuracy``, ``image_accuracy``) and the mean cross-entropy (``text_loss``, ``image_loss``: the
+    training loss at either end of the gate, which is what the gradient on lambda compares).
 
     ``learner`` must have AM3's ``mixing(class_text) -> (w [N, D], lambda [N, 1])``.
     """
-    text_acc, image_acc = [], []
+    measures = {f"{side}_{m}": [] for side in ("text", "image") for m in ("accuracy", "loss")}
     device = _device(learner)
     for spec in manifest.episodes:
         episode = loader.load(spec).to(device)
         query = learner.embed(episode.query)
         w, _ = learner.mixing(episode.class_text)
         prototypes = class_means(learner.embed(episode.support), episode.support_labels, episode.n_way)
-        for store, protos in ((text_acc, w), (image_acc, prototypes)):
-            store.append((learner.logits(query, protos).argmax(-1) == episode.query_labels).float().mean().item())
-    return {"text_accuracy": float(np.mean(text_acc)), "image_accuracy": float(np.mean(image_acc))}
+        for side, protos in (("text", w), ("image", prototypes)):
+            logits = learner.logits(query, protos)  # [n_query, n_way]
+            measures[f"{side}_accuracy"].append((logits.argmax(-1) == episode.query_labels).float().mean().item())
+            measures[f"{side}_loss"].append(torch.nn.functional.cross_entropy(logits, episode.query_labels).item())
+    return {name: float(np.mean(values)) for name, values in measures.items()}
 
 
 class GateTracker:

@@ -168,6 +168,27 @@ def test_gate_tracking_keeps_a_collapsed_gate_per_class(world, tmp_path):
     assert all(g == pytest.approx(record["gate_mean"], rel=1e-3) for g in record["gates"].values())
 
 
+def test_separation_loss_of_a_text_side_that_tells_no_class_apart(world):
+    """g(t) = 0 for every class: the text side scores chance, log(n_way) in loss; the image side is the
+    learner's own ProtoNet loss."""
+    data, _, loader, _ = world
+    am3 = build(world, "am3")
+    with torch.no_grad():
+        am3.transform[-1].weight.zero_()
+        am3.transform[-1].bias.zero_()
+    manifest = EpisodeManifest.generate(data, "train", 3, 1, 2, 2, seed=0)
+    measures = classtext.separation(am3, loader, manifest)
+    assert measures["text_loss"] == pytest.approx(np.log(3), rel=1e-5)
+    assert measures["text_accuracy"] == pytest.approx(1 / 3)  # ties go to the first class, one in three queries
+    image_losses = []
+    for spec in manifest.episodes:
+        episode = loader.load(spec)
+        prototypes = class_means(am3.embed(episode.support), episode.support_labels, episode.n_way)
+        logits = am3.logits(am3.embed(episode.query), prototypes)
+        image_losses.append(torch.nn.functional.cross_entropy(logits, episode.query_labels).item())
+    assert measures["image_loss"] == pytest.approx(np.mean(image_losses), rel=1e-5)
+
+
 def test_frozen_conv4_loads_a_trained_backbone(world, tmp_path):
     proto = build(world, "protonet")
     path = tmp_path / "protonet.pt"

@@ -121,9 +121,10 @@ def test_gates_tracked_during_a_harness_run_leave_its_numbers_and_id_unchanged(t
         assert min(per_class) == pytest.approx(r["gate_min"], rel=1e-3)
         assert max(per_class) == pytest.approx(r["gate_max"], rel=1e-3)
         assert 0 <= r["text_accuracy"] <= 1 and 0 <= r["image_accuracy"] <= 1
+        assert r["text_loss"] > 0 and r["image_loss"] > 0
     out = tmp_path / "analysis"
     assert end_to_end.main(["--run", str(tracked), "--data-root", "", "--out", str(out), "--text-fractions", "1"]) == 0
     during = pd.read_csv(out / "gates_training.csv")
     assert during[["step", "split"]].values.tolist() == [[s, sp] for s in (0, 2) for sp in ("train", "val", "test")]
     assert during["gate_mean"].tolist() == pytest.approx([r["gate_mean"] for r in records], abs=1e-4)
-    assert (out / "gates_training.md").is_file()
+    assert "text_loss_train" in (out / "gates_training.md").read_text()

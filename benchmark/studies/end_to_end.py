@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.results import atomic_write_text
+from benchmark.results import atomic_write_text, read_rows, rows_file
 from benchmark.stats import mean_ci95, paired_test
 from benchmark.tablewrite import to_markdown
 from tasks.errors import BenchmarkError
@@ -153,8 +153,9 @@ SPLITS = ("train", "val", "test")
 
 def training_gate_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tracked gates, long (one row per model, step and split) and wide for reading (one row per model
-    and step: lambda and the text-only / image-only separation, in %, of each split; the steps recorded
-    nearest to 0, 10, 20, 50, 100, 200, 500, ... and the last)."""
+    and step: lambda and the text-only / image-only separation, in %, of each split, and the text-only /
+    image-only loss on training classes; the steps recorded nearest to 0, 10, 20, 50, 100, 200, 500, ...
+    and the last)."""
     long = pd.DataFrame([{"model": name, **r} for name, records in result.get("training_gates", {}).items()
                          for r in records])
     if long.empty:
@@ -174,17 +175,16 @@ def training_gate_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
                 if split in at.index:
                     row[f"text_sep_{split}"] = round(100 * at.loc[split, "text_accuracy"], 1)
                     row[f"image_sep_{split}"] = round(100 * at.loc[split, "image_accuracy"], 1)
+            if "train" in at.index and "text_loss" in at.columns:  # recorded since the loss was added
+                row["text_loss_train"] = float(f"{at.loc['train', 'text_loss']:.3g}")
+                row["image_loss_train"] = float(f"{at.loc['train', 'image_loss']:.3g}")
             wide.append(row)
     return long, pd.DataFrame(wide)
 
 
 def baseline_accuracies(folder: Path, learner: str = "protonet") -> dict[int, np.ndarray]:
     """``{shot: per-episode accuracy}`` of ``learner`` on images in the run's ``rows.jsonl`` (or ``.gz``)."""
-    import gzip
-
-    path = folder / "rows.jsonl"
-    text = path.read_text() if path.is_file() else gzip.decompress((folder / "rows.jsonl.gz").read_bytes()).decode()
-    rows = pd.DataFrame([json.loads(line) for line in text.splitlines() if line.strip()])
+    rows = read_rows(rows_file(folder))
     rows = rows[(rows["learner"] == learner) & (rows["metric"] == "accuracy") & (rows["modalities"] == "image")
                 & (rows["fusion"] == "none")]
     return {int(shot): g.sort_values("episode")["value"].to_numpy() for shot, g in rows.groupby("n_shot")}
