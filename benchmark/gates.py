@@ -32,12 +32,15 @@ def _device(learner) -> torch.device:
 def separation(learner, loader: EpisodeLoader, manifest: EpisodeManifest) -> dict[str, float]:
     """How each side alone classifies the image queries of ``manifest``: with the text-only prototypes
     ``g(t)`` (lambda = 0) and with the image prototypes (lambda = 1), the mean accuracy
-    (``text_accuracy``, ``image_accuracy``) and the mean cross-entropy (``text_loss``, ``image_loss``: the
-    training loss at either end of the gate, which is what the gradient on lambda compares).
+    (``text_accuracy``, ``image_accuracy``), the mean cross-entropy (``text_loss``, ``image_loss``: the
+    training loss at either end of the gate, which is what the gradient on lambda compares) and the mean
+    prototype norm (``text_norm``, ``image_norm``: what lambda weighs, so ``lambda * image_norm`` against
+    ``(1 - lambda) * text_norm`` is each side's share of a mixed prototype; with cosine logits only that
+    share, not lambda, sets the prototype's direction).
 
     ``learner`` must have AM3's ``mixing(class_text) -> (w [N, D], lambda [N, 1])``.
     """
-    measures = {f"{side}_{m}": [] for side in ("text", "image") for m in ("accuracy", "loss")}
+    measures = {f"{side}_{m}": [] for side in ("text", "image") for m in ("accuracy", "loss", "norm")}
     device = _device(learner)
     for spec in manifest.episodes:
         episode = loader.load(spec).to(device)
@@ -48,6 +51,7 @@ def separation(learner, loader: EpisodeLoader, manifest: EpisodeManifest) -> dic
             logits = learner.logits(query, protos)  # [n_query, n_way]
             measures[f"{side}_accuracy"].append((logits.argmax(-1) == episode.query_labels).float().mean().item())
             measures[f"{side}_loss"].append(torch.nn.functional.cross_entropy(logits, episode.query_labels).item())
+            measures[f"{side}_norm"].append(protos.norm(dim=-1).mean().item())
     return {name: float(np.mean(values)) for name, values in measures.items()}
 
 

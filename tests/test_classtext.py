@@ -180,6 +180,7 @@ def test_separation_loss_of_a_text_side_that_tells_no_class_apart(world):
     measures = classtext.separation(am3, loader, manifest)
     assert measures["text_loss"] == pytest.approx(np.log(3), rel=1e-5)
     assert measures["text_accuracy"] == pytest.approx(1 / 3)  # ties go to the first class, one in three queries
+    assert measures["text_norm"] == 0 and measures["image_norm"] > 0
     image_losses = []
     for spec in manifest.episodes:
         episode = loader.load(spec)

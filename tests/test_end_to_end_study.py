@@ -128,3 +128,9 @@ def test_gates_tracked_during_a_harness_run_leave_its_numbers_and_id_unchanged(t
     assert during[["step", "split"]].values.tolist() == [[s, sp] for s in (0, 2) for sp in ("train", "val", "test")]
     assert during["gate_mean"].tolist() == pytest.approx([r["gate_mean"] for r in records], abs=1e-4)
     assert "text_loss_train" in (out / "gates_training.md").read_text()
+    assert ((during["image_norm"] > 0) & (during["text_norm"] > 0)).all()
+    # the tracked gates alone, as of a run still training: the same table
+    assert end_to_end.main(["--run", str(tracked), "--training-gates-only", "--out", str(tmp_path / "only")]) == 0
+    assert (tmp_path / "only" / "gates_training.csv").read_text() == (out / "gates_training.csv").read_text()
+    assert not (tmp_path / "only" / "missing_text.csv").exists()
+    assert end_to_end.main(["--run", str(plain), "--training-gates-only", "--out", str(tmp_path / "none")]) == 2

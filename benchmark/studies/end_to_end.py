@@ -153,9 +153,10 @@ SPLITS = ("train", "val", "test")
 
 def training_gate_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tracked gates, long (one row per model, step and split) and wide for reading (one row per model
-    and step: lambda and the text-only / image-only separation, in %, of each split, and the text-only /
-    image-only loss on training classes; the steps recorded nearest to 0, 10, 20, 50, 100, 200, 500, ...
-    and the last)."""
+    and step: lambda and the text-only / image-only separation, in %, of each split, the text-only /
+    image-only loss on training classes and the image side's share of a mixed prototype's norm,
+    ``lambda |p| / (lambda |p| + (1 - lambda) |g(t)|)``, on training classes; the steps recorded nearest to
+    0, 10, 20, 50, 100, 200, 500, ... and the last)."""
     long = pd.DataFrame([{"model": name, **r} for name, records in result.get("training_gates", {}).items()
                          for r in records])
     if long.empty:
@@ -178,6 +179,10 @@ def training_gate_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             if "train" in at.index and "text_loss" in at.columns:  # recorded since the loss was added
                 row["text_loss_train"] = float(f"{at.loc['train', 'text_loss']:.3g}")
                 row["image_loss_train"] = float(f"{at.loc['train', 'image_loss']:.3g}")
+            if "train" in at.index and "image_norm" in at.columns and not pd.isna(at.loc["train", "image_norm"]):
+                image = at.loc["train", "gate_mean"] * at.loc["train", "image_norm"]
+                text = (1 - at.loc["train", "gate_mean"]) * at.loc["train", "text_norm"]
+                row["image_share_train"] = float(f"{image / (image + text):.3g}")
             wide.append(row)
     return long, pd.DataFrame(wide)
 
@@ -303,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/miniimagenet_text/end_to_end")
     p.add_argument("--tables-only", action="store_true",
                    help="only rewrite the tables of --out from its end_to_end.json (and the run's summary.csv)")
+    p.add_argument("--training-gates-only", action="store_true",
+                   help="only table the gates --run tracked while training (<run>/gates/, written with "
+                        "train.gate_every; the run need not have finished): gates_training.csv/.md")
     p.add_argument("--control", help="the run folder of miniimagenet_text_end_to_end_control.yaml (same seed): "
                                      "writes control.csv/.md")
     p.add_argument("--baseline-run", help="the run folder whose ProtoNet the models are paired with (default: the "
@@ -318,6 +326,19 @@ def main(argv: list[str] | None = None) -> int:
         for role, folder in (("--control", control), ("--baseline-run", baseline_run)):
             if folder is not None and not (folder / "run.json").is_file():
                 raise BenchmarkError(f"{role} {folder} holds no run.json: give a run folder")
+        if args.training_gates_only:
+            if not args.run:
+                raise BenchmarkError("--training-gates-only needs --run RUN_DIR")
+            result = {"run": args.run, "training_gates": training_gates(Path(args.run))}
+            if not result["training_gates"]:
+                raise BenchmarkError(f"{Path(args.run) / 'gates'} holds no tracked gates: train with "
+                                     "train.gate_every > 0 (an AM3 learner with class text)")
+            out.mkdir(parents=True, exist_ok=True)
+            during, readable = training_gate_tables(result)
+            atomic_write_text(out / "gates_training.csv", during.to_csv(index=False))
+            atomic_write_text(out / "gates_training.md", to_markdown(readable) + "\n")
+            print(to_markdown(readable))
+            return 0
         if args.tables_only:
             if not (out / "end_to_end.json").is_file():
                 raise BenchmarkError(f"{out / 'end_to_end.json'} does not exist: run the analysis first (--run)")
