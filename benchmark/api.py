@@ -141,7 +141,7 @@ def _rows(meta: dict, eps: Episodes, metrics: dict) -> list[dict]:
 def write_evaluation(out: Path, learner: Learner, predictions: pd.DataFrame, rows: list[dict],
                      sources: list[Episodes]) -> Path:
     """Write the files of one evaluation into ``out/<id>/`` (id: checkpoint and episodes hashes)."""
-    from benchmark.provenance import git_commit, package_versions
+    from benchmark.provenance import cpu_model, git_commit, package_versions
     from benchmark.results import atomic_write_text
     from benchmark.tablewrite import write_summary
     from benchmark.rundir import prepare_output
@@ -161,7 +161,7 @@ def write_evaluation(out: Path, learner: Learner, predictions: pd.DataFrame, row
               "checkpoint_sha256": weights, "bare_checkpoint": info.bare, "model": meta,
               "episodes": [{"source": s.name, "sha256": s.source_sha256, "n_episodes": len(s.specs),
                             "in_training_classes": int(sum(s.in_training))} for s in sources],
-              "git_commit": git_commit(), "packages": package_versions(), "host": platform.node(),
+              "git_commit": git_commit(), "packages": package_versions(), "host": platform.node(), "cpu": cpu_model(),
               "torch_threads": torch.get_num_threads()}
     atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
     log.info("evaluation written to %s (predictions.csv, rows.jsonl, summary.md, run.json)", run_dir)

@@ -24,14 +24,27 @@ def package_versions() -> dict[str, str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): figures depend on it."""
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): figures depend on it.
+
+    With its family and model numbers where ``/proc/cpuinfo`` gives them (``AMD EPYC (family 25, model
+    17)``): a virtual machine may name only the vendor's line, and hosts of one name differ in speed and
+    in float rounding.
+    """
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip() and fields:
+                break  # the first processor only
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    if fields.get("cpu family") and fields.get("model"):
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def git_commit() -> str:

@@ -154,7 +154,7 @@ def run_record(bench, status: str, wall_time_s: float) -> dict:
     import torch
 
     from benchmark.config import to_dict
-    from benchmark.provenance import git_commit, package_versions, peak_memory_mb
+    from benchmark.provenance import cpu_model, git_commit, package_versions, peak_memory_mb
 
     from benchmark.metrics import SCHEMA_VERSION
 
@@ -170,7 +170,8 @@ def run_record(bench, status: str, wall_time_s: float) -> dict:
         "methods": bench.method_records, "skipped": bench.skipped, "git_commit": git_commit(),
         "packages": package_versions(), "device": str(bench.device), "torch_threads": torch.get_num_threads(),
         "allocator": bench.allocator, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "host": platform.node(), "platform": platform.platform(), "wall_time_s": round(wall_time_s, 2),
+        "host": platform.node(), "cpu": cpu_model(), "platform": platform.platform(),
+        "wall_time_s": round(wall_time_s, 2),
         "peak_memory_mb": round(peak_memory_mb(bench.device), 1),
     }
 

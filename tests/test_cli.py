@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from benchmark.provenance import cpu_model
 from tests.conftest import TINY, only_run_dir, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
                 "peak_memory_mb", "status"):
         assert key in record
     assert record["status"] == "finished" and record["packages"]["torch"]
+    assert record["cpu"] == cpu_model() != ""  # every figure names its CPU model
     rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
     assert {r["manifest_sha256"] for r in rows} == {m["sha256"] for m in record["manifests"].values()}
     assert (run_dir / "comparison.csv").exists()

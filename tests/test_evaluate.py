@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
+from benchmark.provenance import cpu_model
 from benchmark.savedmodel import load_learner
 from omniglot_episodes import split_characters, write_episodes
 from tasks.errors import BenchmarkError
@@ -63,6 +64,7 @@ def test_evaluate_episode_file_end_to_end(episode_file, tmp_path, capsys, caplog
     assert accuracy == pytest.approx(preds.groupby("episode")["correct"].mean().to_dict())
     record = json.loads((run_dir / "run.json").read_text())
     assert record["bare_checkpoint"] and record["episodes"][0]["in_training_classes"] == 1
+    assert record["cpu"] == cpu_model() != ""
     assert (run_dir / "summary.md").exists()
 
 
