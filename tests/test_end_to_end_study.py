@@ -2,6 +2,7 @@
 (benchmark/studies/end_to_end.py), on a tiny run of the built-in dataset."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import pandas as pd
@@ -133,4 +134,10 @@ def test_gates_tracked_during_a_harness_run_leave_its_numbers_and_id_unchanged(t
     assert end_to_end.main(["--run", str(tracked), "--training-gates-only", "--out", str(tmp_path / "only")]) == 0
     assert (tmp_path / "only" / "gates_training.csv").read_text() == (out / "gates_training.csv").read_text()
     assert not (tmp_path / "only" / "missing_text.csv").exists()
+    kept = tmp_path / "kept"  # a committed copy keeps the per-class records gzipped
+    (kept / "gates").mkdir(parents=True)
+    (kept / "gates" / "am3-image-none.jsonl.gz").write_bytes(
+        gzip.compress((tracked / "gates" / "am3-image-none.jsonl").read_bytes()))
+    assert end_to_end.main(["--run", str(kept), "--training-gates-only", "--out", str(kept)]) == 0
+    assert (kept / "gates_training.csv").read_text() == (out / "gates_training.csv").read_text()
     assert end_to_end.main(["--run", str(plain), "--training-gates-only", "--out", str(tmp_path / "none")]) == 2

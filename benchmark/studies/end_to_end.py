@@ -131,20 +131,25 @@ def analyse(run_dir: Path, data_root: str, fractions: list[float], seed: int = 0
 
 
 def training_gates(run_dir: Path) -> dict[str, list[dict]]:
-    """``{slug: records}`` of the gates a run tracked while training (``<run>/gates/<slug>.jsonl``), without
+    """``{slug: records}`` of the gates a run tracked while training (``<run>/gates/<slug>.jsonl[.gz]``), without
     the per-class values, one record per (step, split): a resumed run records the steps after its last
     checkpoint again, and the later record wins."""
+    import gzip
+
     tracked = {}
-    for path in sorted((run_dir / "gates").glob("*.jsonl")):
+    for path in sorted((run_dir / "gates").glob("*.jsonl*")):  # .jsonl, or .jsonl.gz as kept in results/
+        if path.suffix not in (".jsonl", ".gz"):
+            continue
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
         records = {}
-        for line in path.read_text().splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
             record.pop("gates", None)
             records[(record["step"], record["split"])] = record
-        tracked[path.stem] = [records[k] for k in sorted(records, key=lambda k: (k[0], SPLITS.index(k[1])))]
+        tracked[path.name.removesuffix(".gz").removesuffix(".jsonl")] = [records[k] for k in sorted(records, key=lambda k: (k[0], SPLITS.index(k[1])))]
     return tracked
 
 
