@@ -102,17 +102,25 @@ def rows_file(run_dir: Path) -> Path:
     return gzipped if not plain.exists() and gzipped.exists() else plain
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a ``.jsonl`` or ``.jsonl.gz`` file (none if it is missing), skipping a partial
+    line left by a crash or a kill."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def read_rows(path: Path) -> pd.DataFrame:
     """Read rows (``.jsonl`` or ``.jsonl.gz``), ignoring a trailing partial line left by a crash."""
-    rows = []
-    if path.exists():
-        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-        for line in text.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_jsonl(path))
 
 
 def episode_rows(run_id: str, method, setting, cfg, manifest, metrics: dict[str, list[float]]) -> list[dict]:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.results import atomic_write_text, read_rows, rows_file
+from benchmark.results import atomic_write_text, read_jsonl, read_rows, rows_file
 from benchmark.stats import mean_ci95, paired_test
 from benchmark.tablewrite import to_markdown
 from tasks.errors import BenchmarkError
@@ -134,26 +134,17 @@ def training_gates(run_dir: Path) -> dict[str, list[dict]]:
     """``{slug: records}`` of the gates a run tracked while training (``<run>/gates/<slug>.jsonl[.gz]``), without
     the per-class values, one record per (step, split): a resumed run records the steps after its last
     checkpoint again, and the later record wins."""
-    import gzip
-
     tracked = {}
     for path in sorted((run_dir / "gates").glob("*.jsonl*")):  # .jsonl, or .jsonl.gz as kept in results/
         if path.suffix not in (".jsonl", ".gz"):
             continue
-        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
         records = {}
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
+        for record in read_jsonl(path):
             record.pop("gates", None)
             records[(record["step"], record["split"])] = record
-        tracked[path.name.removesuffix(".gz").removesuffix(".jsonl")] = [records[k] for k in sorted(records, key=lambda k: (k[0], SPLITS.index(k[1])))]
+        order = sorted(records, key=lambda k: (k[0], SPLITS.index(k[1])))
+        tracked[path.name.removesuffix(".gz").removesuffix(".jsonl")] = [records[k] for k in order]
     return tracked
-
-
-SPLITS = ("train", "val", "test")
 
 
 def training_gate_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -190,6 +181,16 @@ def training_gate_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
                 row["image_share_train"] = float(f"{image / (image + text):.3g}")
             wide.append(row)
     return long, pd.DataFrame(wide)
+
+
+def write_training_gate_tables(out: Path, result: dict) -> pd.DataFrame:
+    """``gates_training.csv`` (long) and ``gates_training.md`` (readable) of :func:`training_gate_tables`,
+    when the run tracked any; returns the readable table (empty: nothing written)."""
+    during, readable = training_gate_tables(result)
+    if not during.empty:
+        atomic_write_text(out / "gates_training.csv", during.to_csv(index=False))
+        atomic_write_text(out / "gates_training.md", to_markdown(readable) + "\n")
+    return readable
 
 
 def baseline_accuracies(folder: Path, learner: str = "protonet") -> dict[int, np.ndarray]:
@@ -294,10 +295,7 @@ def write_tables(out: Path, result: dict, control: Path | None = None,
     atomic_write_text(out / "gates.md", to_markdown(gates) + "\n" if not gates.empty else "(no AM3 model)\n")
     atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
     atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
-    during, readable = training_gate_tables(result)
-    if not during.empty:
-        atomic_write_text(out / "gates_training.csv", during.to_csv(index=False))
-        atomic_write_text(out / "gates_training.md", to_markdown(readable) + "\n")
+    write_training_gate_tables(out, result)
     if control is not None:
         table = control_table(result, run, control)
         atomic_write_text(out / "control.csv", table.to_csv(index=False))
@@ -339,10 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchmarkError(f"{Path(args.run) / 'gates'} holds no tracked gates: train with "
                                      "train.gate_every > 0 (an AM3 learner with class text)")
             out.mkdir(parents=True, exist_ok=True)
-            during, readable = training_gate_tables(result)
-            atomic_write_text(out / "gates_training.csv", during.to_csv(index=False))
-            atomic_write_text(out / "gates_training.md", to_markdown(readable) + "\n")
-            print(to_markdown(readable))
+            print(to_markdown(write_training_gate_tables(out, result)))
             return 0
         if args.tables_only:
             if not (out / "end_to_end.json").is_file():
