@@ -36,6 +36,8 @@ BASELINE_DEFAULTS: dict[str, dict] = {
 NEUTRAL_ADDITIONS: dict[str, dict] = {
     "am3": {"gate_reg": 0.0, "gate_target": 0.5, "text_dropout": 0.0},  # issue 16: off by default
     "classfusion": {"class_text": True},  # issue 16: the image-only control is opt-in
+    **{name: {"batch_norm_scale": True, "adapt_batch_norm": True, "inner_loss": "mean"}  # cbfinn/maml's are opt-in
+       for name in ("maml", "fomaml", "anil")},
 }
 
 

@@ -19,6 +19,7 @@ from tasks.errors import BenchmarkError
 
 Params = dict[str, Tensor]
 HEAD = ("head.weight", "head.bias")
+INNER_LOSSES = ("mean", "sum_per_shot")
 
 
 @LEARNERS.register("maml")
@@ -68,6 +69,16 @@ class MAML(TaskBatchedMAML, Learner):
             once). The same loss and meta-gradients either way. The default 160 was measured
             fastest on 2 CPU cores (docs/speed.md): 2 tasks a chunk with 15 queries per class,
             all 32 tasks at once with 1 query.
+        batch_norm_scale: give batch norm a learned scale (PyTorch's ``affine``); ``False``: a shift
+            only, as TensorFlow's ``batch_norm`` defaults in cbfinn/maml (``scale=False``).
+        adapt_batch_norm: let the inner loop adapt the batch-norm parameters; ``False``: they are
+            meta-learned in the outer loop only, as in cbfinn/maml, whose batch-norm variables sit
+            outside the ``weights`` that the inner loop updates.
+        inner_loss: ``"mean"``: the support loss is the mean cross-entropy. ``"sum_per_shot"``:
+            cbfinn/maml's, the cross-entropy summed over the support set and divided by the shots
+            (``xent / update_batch_size`` under ``tf.gradients``, which sums), i.e. ``n_way`` times
+            the mean: at 5-way its step of 0.4 is a step of 2.0 on the mean loss. Test-time
+            adaptation uses the same loss; the outer loss stays the mean (Adam ignores its scale).
         query_channels_last: run the batched query side with channels-last activations. A step is
             somewhat faster on CPU (docs/speed.md), but PyTorch's channels-last batch norm (CPU) sums
             its statistics less accurately, so float32 meta-gradients end up about as far from
@@ -89,10 +100,15 @@ class MAML(TaskBatchedMAML, Learner):
         task_batching: bool = True
         query_chunk_images: int = 160
         query_channels_last: bool = False
+        batch_norm_scale: bool = True  # cbfinn/maml: False
+        adapt_batch_norm: bool = True  # cbfinn/maml: False
+        inner_loss: str = "mean"  # cbfinn/maml: "sum_per_shot"
 
         def __post_init__(self) -> None:
             if self.batch_norm not in ("transductive", "running"):
                 raise ValueError(f"batch_norm must be 'transductive' or 'running', got {self.batch_norm!r}")
+            if self.inner_loss not in INNER_LOSSES:
+                raise ValueError(f"inner_loss must be one of {INNER_LOSSES}, got {self.inner_loss!r}")
             if self.head not in ("zero", "learned"):
                 raise ValueError(f"head must be 'zero' or 'learned', got {self.head!r}")
             for key in ("train_steps", "test_steps", "query_chunk_images"):
@@ -111,6 +127,15 @@ class MAML(TaskBatchedMAML, Learner):
         self.transductive = self.config.batch_norm == "transductive"
         if self.transductive:  # batch statistics always: no running buffers at all
             torch.func.replace_all_batch_norm_modules_(self.encoder)
+        norms = [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        if not self.config.batch_norm_scale:
+            for norm in norms:
+                norm.weight = None  # F.batch_norm then scales by one
+        #: parameters the inner loop leaves alone (``adapt_batch_norm=False``: the batch-norm ones)
+        self.outer_only: frozenset[str] = frozenset() if self.config.adapt_batch_norm else frozenset(
+            f"encoder.{module_name}.{param_name}"
+            for module_name, module in self.encoder.named_modules() if module in norms
+            for param_name, _ in module.named_parameters(recurse=False))
         self.head = nn.Linear(self.encoder.out_dim, self.config.n_way) if self.config.head == "learned" else None
         self.permutation_equivariant = self.head is None  # a learned head's rows are tied to label positions
 
@@ -121,7 +146,13 @@ class MAML(TaskBatchedMAML, Learner):
 
     def is_inner(self, name: str) -> bool:
         """Whether the inner loop adapts parameter ``name``."""
+        if name in self.outer_only:
+            return False
         return self.inner_prefixes is None or name.startswith(self.inner_prefixes)
+
+    def inner_loss_scale(self, n_way: int) -> float:
+        """Factor on the mean support loss that gives the inner loop's loss (``inner_loss``)."""
+        return float(n_way) if self.config.inner_loss == "sum_per_shot" else 1.0
 
     def initial_params(self, n_way: int, like: Tensor | None = None) -> Params:
         """Meta-parameters plus the task's starting head (zeros for ``head="zero"``)."""
@@ -201,7 +232,8 @@ class MAML(TaskBatchedMAML, Learner):
         for n in names:  # a zero head created under no_grad
             if not params[n].requires_grad:
                 params[n] = params[n].requires_grad_()
-        loss = F.cross_entropy(self.logits(params, support), labels)
+        logits = self.logits(params, support)
+        loss = F.cross_entropy(logits, labels) * self.inner_loss_scale(logits.shape[1])
         # allow_unused: parameters used outside the functional call (late fusion's logit weights,
         # read in compare()) get no inner-loop gradient and stay as they are
         grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)

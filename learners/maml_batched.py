@@ -70,7 +70,8 @@ class TaskBatchedMAML:
             logits = self.task_batched_logits(params, support)
             # the sum over tasks of each task's mean loss: its gradient with respect to task t's
             # copy of the weights is task t's own gradient
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / logits.shape[1]
+            loss = (F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / logits.shape[1]
+                    * self.inner_loss_scale(logits.shape[2]))
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
                                         allow_unused=True)
             params.update({n: params[n] if g is None else params[n] - step_size * g for n, g in zip(names, grads)})

@@ -90,8 +90,8 @@ def forward(module: nn.Module, params: Mapping[str, Tensor], h: Tensor, n_tasks:
         return F.conv2d(h.contiguous(memory_format=layout), weight, bias, module.stride, module.padding, module.dilation,
                         n_tasks * module.groups)
     if isinstance(module, nn.BatchNorm2d):
-        weight = p("weight").reshape(-1) if module.affine else None
-        bias = p("bias").reshape(-1) if module.affine else None
+        weight = p("weight").reshape(-1) if module.weight is not None else None  # None: no scale
+        bias = p("bias").reshape(-1) if module.bias is not None else None
         return F.batch_norm(h, None, None, weight, bias, training=True, eps=module.eps)
     if isinstance(module, PER_CHANNEL):
         return module(h)

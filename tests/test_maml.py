@@ -170,3 +170,66 @@ def test_cli_runs_maml_family(tmp_path):
     run = json.loads(next(out.glob("*/run.json")).read_text())
     assert run["status"] == "finished" and {"maml-image-none", "fomaml-image-none", "anil-image-none"} <= set(run["methods"])
 
+
+
+CBFINN = {"batch_norm_scale": False, "adapt_batch_norm": False, "inner_loss": "sum_per_shot"}
+
+
+def test_cbfinn_batch_norm_has_no_scale_and_stays_out_of_the_inner_loop():
+    """cbfinn/maml's batch norm: TensorFlow's default (a shift, no scale), meta-learned in the outer loop only."""
+    plain, ref = make(head="learned"), make(head="learned", **CBFINN)
+    norm_names = lambda m: {n for n in dict(m.named_parameters()) if ".blocks." in n and n.split(".")[-2] == "1"}  # noqa: E731
+    assert {n.rsplit(".", 1)[1] for n in norm_names(plain)} == {"weight", "bias"}
+    assert {n.rsplit(".", 1)[1] for n in norm_names(ref)} == {"bias"}
+    assert ref.outer_only == norm_names(ref) and not plain.outer_only
+    episode = tasks(1)[0]
+    ref.eval()
+    start = ref.initial_params(3)
+    with torch.no_grad():
+        adapted = ref.adapt(episode)
+    for name in start:
+        moved = not torch.equal(adapted[name], start[name])
+        assert moved == (name not in ref.outer_only), name
+    ref.train()
+    ref.loss(tasks(2)).backward()  # the outer loop still learns the shift
+    assert all(dict(ref.named_parameters())[n].grad.abs().sum() > 0 for n in ref.outer_only)
+
+
+def test_cbfinn_inner_loss_is_the_sum_over_the_support_divided_by_shots():
+    """One inner step with ``sum_per_shot`` equals one step of the mean loss with the step size times n_way."""
+    episode = tasks(1)[0]  # 3-way 2-shot
+    summed = make(head="learned", inner_loss="sum_per_shot", test_steps=1, test_step_size=0.1).eval()
+    mean = make(head="learned", test_steps=1, test_step_size=0.3).eval()
+    with torch.no_grad():
+        a, b = summed.adapt(episode), mean.adapt(episode)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="inner_loss"):
+        MAML.Config(inner_loss="sum")
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_cbfinn_options_batched_meta_gradient_equals_the_loop_and_finite_differences(first_order):
+    batch = tasks(4)
+    batched = make(head="learned", train_steps=2, first_order=first_order, **CBFINN).train()
+    looped = make(head="learned", train_steps=2, first_order=first_order, task_batching=False, **CBFINN).train()
+    assert batched.can_batch_tasks(batch)
+    fast, slow = grads(batched, batch), grads(looped, batch)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if first_order:
+        return
+    params = list(looped.parameters())
+    direction = [torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=p.dtype) for p in params]
+    eps = 1e-6
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(sign * eps * d)
+        values.append(looped.loss(batch).item())
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.sub_(sign * eps * d)
+    expected = sum(float((g * d).sum()) for g, d in zip(slow, direction))
+    assert (values[0] - values[1]) / (2 * eps) == pytest.approx(expected, rel=1e-5, abs=1e-8)
