@@ -47,14 +47,67 @@ def cpu_model() -> str:
     return name
 
 
-def git_commit() -> str:
+REPO = Path(__file__).resolve().parent.parent
+#: what the suite writes itself (reproductions, their tables and READMEs): changes there are results,
+#: not code, and do not make a tree dirty. A run's own ``--out`` folder is added by the caller.
+OUTPUT_PATHS = ("results/training/", "results/checkpoints/", "results/checks/", "results/reproduced.csv",
+                "results/README.md", "README.md")
+
+
+def dirty_paths(root: Path = REPO, outputs: tuple[str, ...] = ()) -> list[str]:
+    """Uncommitted changes (tracked or untracked, not ignored) outside :data:`OUTPUT_PATHS` and
+    ``outputs`` (paths relative to ``root``): the one definition of a dirty tree.
+
+    Raises:
+        BenchmarkError: ``root`` is not a git checkout (a recorded number needs a commit to point at).
+    """
     try:
-        root = Path(__file__).resolve().parent.parent
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return result.stdout.strip() + ("-dirty" if dirty else "") if result.returncode == 0 else "unknown"
+        result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "-z"], cwd=root,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise BenchmarkError(f"cannot run git in {root} ({err}): a recorded number needs a git checkout") from None
+    if result.returncode != 0:
+        raise BenchmarkError(f"{root} is not a git checkout ({result.stderr.strip()}): a recorded number "
+                             "needs a commit to point at; clone the repository")
+    skip = OUTPUT_PATHS + tuple(outputs)
+    paths, entries = [], iter(result.stdout.split("\0"))
+    for entry in entries:
+        if not entry:
+            continue
+        status, path = entry[:2], entry[3:]
+        if "R" in status or "C" in status:
+            next(entries, None)  # -z: the rename's source follows as its own entry
+        if not path.startswith(skip):
+            paths.append(path)
+    return paths
+
+
+def head_commit(root: Path = REPO) -> str:
+    """The checked-out commit (``unknown`` outside git)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def git_commit(outputs: tuple[str | Path, ...] = (), root: Path = REPO) -> str:
+    """The checked-out commit, with ``-dirty`` when :func:`dirty_paths` finds changes (``unknown`` outside git).
+
+    ``outputs``: folders this process writes its results to (a run's ``--out``), which do not count.
+    """
+    commit = head_commit(root)
+    if commit == "unknown":
+        return commit
+    relative = []
+    for out in outputs:
+        try:
+            relative.append(Path(out).resolve().relative_to(root.resolve()).as_posix().rstrip("/") + "/")
+        except ValueError:  # outside the checkout: git status does not see it anyway
+            pass
+    try:
+        return commit + ("-dirty" if dirty_paths(root, tuple(relative)) else "")
+    except BenchmarkError:
         return "unknown"
 
 

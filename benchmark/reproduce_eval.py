@@ -16,7 +16,8 @@ import torch
 
 from benchmark.checkpoint import read_model
 from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, committed_episodes, hardware
-from benchmark.reproduced import RESULTS_DIR, dirty_paths, head_commit
+from benchmark.provenance import dirty_paths, head_commit
+from benchmark.reproduced import RESULTS_DIR
 from benchmark.results import atomic_write_text
 from tasks.errors import BenchmarkError
 

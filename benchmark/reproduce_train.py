@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark import reproduced
+from benchmark import provenance, reproduced
 from benchmark.config import train_config
 from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, hardware
 from benchmark.reproduced import RESULTS_DIR
@@ -51,7 +51,7 @@ def train_protocol(protocol: Protocol, data_root: str | None, out: str | None = 
 
     if threads:
         torch.set_num_threads(threads)
-    dirty = reproduced.dirty_paths()
+    dirty = provenance.dirty_paths()
     if dirty:
         log.warning("uncommitted changes in %s: this training will run, but its rows cannot be recorded "
                     "(train from a clean checkout, e.g. a git worktree of a commit)", ", ".join(dirty[:5]))
@@ -100,7 +100,7 @@ def _open_session(bench, method, device: str, dirty: list[str], path: Path) -> l
     resumed = None
     if not finished and bench.train_checkpoint(method).exists():
         resumed = int(load_checkpoint(bench.train_checkpoint(method))["step"])
-    sessions.append({"git_commit": reproduced.head_commit() + ("-dirty" if dirty else ""),
+    sessions.append({"git_commit": provenance.head_commit() + ("-dirty" if dirty else ""),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "hardware": hardware(device), "resumed_from_step": resumed, "trained": not finished,
                      "dirty_paths": dirty[:20]})
@@ -114,7 +114,7 @@ def read_sessions(path: Path) -> list[dict]:
 
 
 def _refuse_if_dirty(protocol: Protocol, run_dir: Path, sessions: list[dict]) -> None:
-    dirty_now = reproduced.dirty_paths()
+    dirty_now = provenance.dirty_paths()
     dirty_training = [s["git_commit"] for s in sessions if s["trained"] and str(s["git_commit"]).endswith("-dirty")]
     if dirty_training:
         raise BenchmarkError(
@@ -172,7 +172,7 @@ def _rows(protocol: Protocol, outcomes: list[Outcome], sessions: list[dict], fin
             history's); ``None``: the sum of the sessions' wall times, interrupted ones unknown.
         trained_steps: the step of an interim model (``None``: the whole protocol).
     """
-    commit = reproduced.head_commit()
+    commit = provenance.head_commit()
     checkpoint = checkpoint_path(protocol, results_dir)
     trained = [s for s in sessions if s["trained"]]
     walls = [s.get("wall_time_s") for s in trained]

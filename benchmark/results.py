@@ -175,7 +175,7 @@ def run_record(bench, status: str, wall_time_s: float) -> dict:
         "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)}
                       for (w, s), (m, p) in bench.test_manifests.items()},
         "val_manifest_sha256": bench.val_manifest and bench.val_manifest.sha256,
-        "methods": bench.method_records, "skipped": bench.skipped, "git_commit": git_commit(),
+        "methods": bench.method_records, "skipped": bench.skipped, "git_commit": git_commit((bench.cfg.out,)),
         "packages": package_versions(), "device": str(bench.device), "torch_threads": torch.get_num_threads(),
         "allocator": bench.allocator, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "host": platform.node(), "cpu": cpu_model(), "platform": platform.platform(),

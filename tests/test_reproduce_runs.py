@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import reproduce, reproduce_eval, reproduce_train, reproduced
+from benchmark import provenance, reproduce, reproduce_eval, reproduce_train, reproduced
 from benchmark.checkpoint import load_checkpoint
 from benchmark.stats import mean_ci95
 from tasks.errors import BenchmarkError
@@ -54,8 +54,8 @@ def _protocol(tmp_path: Path, name: str = "tiny", reference="[shapes-protonet-2w
 
 def _kill_training_at(tmp_path: Path, step: int) -> None:
     """Train the tiny protocol in a subprocess that is SIGKILLed after ``step`` (a machine gone away)."""
-    script = ("import sys; from pathlib import Path; from benchmark import reproduce, reproduce_train, reproduced;"
-              "reproduced.dirty_paths = lambda root=None: []; reproduced.head_commit = lambda root=None: 'c0ffee';"
+    script = ("import sys; from pathlib import Path; from benchmark import provenance, reproduce, reproduce_train;"
+              "provenance.dirty_paths = lambda root=None, outputs=(): []; provenance.head_commit = lambda root=None: 'c0ffee';"
               "p = reproduce.load_protocol('tiny', Path(sys.argv[1]), Path(sys.argv[2]));"
               "reproduce_train.train_protocol(p, None, threads=1, results_dir=Path(sys.argv[2]))")
     env = {**os.environ, "MMFS_TEST_KILL_AT_STEP": str(step), "PYTHONPATH": str(REPO)}
@@ -68,9 +68,9 @@ def _kill_training_at(tmp_path: Path, step: int) -> None:
 def clean(monkeypatch):
     """A clean tree at commit ``c0ffee`` (tests run in checkouts with uncommitted changes)."""
     state = {"dirty": []}
-    monkeypatch.setattr(reproduced, "dirty_paths", lambda root=None: list(state["dirty"]))
-    monkeypatch.setattr(reproduced, "head_commit", lambda root=None: "c0ffee")
-    monkeypatch.setattr(reproduce_eval, "dirty_paths", lambda root=None: list(state["dirty"]))
+    monkeypatch.setattr(provenance, "dirty_paths", lambda root=None, outputs=(): list(state["dirty"]))
+    monkeypatch.setattr(provenance, "head_commit", lambda root=None: "c0ffee")
+    monkeypatch.setattr(reproduce_eval, "dirty_paths", lambda root=None, outputs=(): list(state["dirty"]))
     monkeypatch.setattr(reproduce_eval, "head_commit", lambda root=None: "c0ffee")
     return state
 
@@ -149,7 +149,9 @@ def test_dirty_tree_keeps_the_training_and_checkpoint_and_writes_no_row(tmp_path
 def test_tree_made_dirty_during_training_records_once_clean_without_training_again(tmp_path, clean, monkeypatch):
     protocol, results = _protocol(tmp_path), tmp_path / "results"
     calls = iter([[], ["benchmark/runner.py"]])
-    monkeypatch.setattr(reproduced, "dirty_paths", lambda root=None: next(calls, []))
+    # reproduce's own calls (run.json's git_commit passes the run's output folders and is not counted)
+    monkeypatch.setattr(provenance, "dirty_paths", lambda root=None, outputs=None: [] if outputs is not None
+                        else next(calls, []))
     with pytest.raises(BenchmarkError, match="Commit or stash the changes, then rerun"):
         reproduce_train.train_protocol(protocol, None, threads=1, results_dir=results)
     assert not (results / "reproduced.csv").exists()
@@ -202,14 +204,32 @@ def test_dirty_paths_ignore_what_reproduce_writes(tmp_path):
     for output in ("training/run/checkpoints/m.train.pt", "checks/p.json", "checkpoints/p.pt", "README.md"):
         (repo / "results" / output).parent.mkdir(parents=True, exist_ok=True)
         (repo / "results" / output).write_text("x")
-    assert reproduced.dirty_paths(repo) == []
+    assert provenance.dirty_paths(repo) == []
     (repo / "code.py").write_text("a = 2\n")
     (repo / "new.py").write_text("")
     (repo / "results" / "leaderboard.csv").write_text("id\n")  # the published numbers are not an output
-    assert sorted(reproduced.dirty_paths(repo)) == ["code.py", "new.py", "results/leaderboard.csv"]
+    assert sorted(provenance.dirty_paths(repo)) == ["code.py", "new.py", "results/leaderboard.csv"]
     (tmp_path / "plain").mkdir()
     with pytest.raises(BenchmarkError, match="not a git checkout"):
-        reproduced.dirty_paths(tmp_path / "plain")
+        provenance.dirty_paths(tmp_path / "plain")
+
+
+def test_run_records_and_rows_share_one_dirty_rule(tmp_path):
+    """run.json's commit and a reproduction row use the same rule: code changes (tracked or untracked) make
+    a tree dirty; what the suite writes (a run's own --out folder, even a tracked one) does not."""
+    repo = tmp_path / "repo"
+    (repo / "results" / "study" / "run").mkdir(parents=True)
+    (repo / "code.py").write_text("a = 1\n")
+    (repo / "results" / "study" / "run" / "rows.jsonl").write_text("{}\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "x")
+    commit = provenance.head_commit(repo)
+    (repo / "results" / "study" / "run" / "rows.jsonl").write_text("{}\n{}\n")  # a rerun writes its tracked rows
+    assert provenance.git_commit((repo / "results" / "study",), root=repo) == commit
+    assert provenance.git_commit(root=repo) == commit + "-dirty"  # not this process's output: a change
+    (repo / "helper.py").write_text("")  # untracked code counts, as for reproduction rows
+    assert provenance.git_commit((repo / "results" / "study",), root=repo) == commit + "-dirty"
 
 
 def test_interim_rows_say_how_far_the_model_was_trained_and_the_training_goes_on(tmp_path, clean):
