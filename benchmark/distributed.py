@@ -182,11 +182,13 @@ def follow(bench) -> None:
     private temporary folder; rank 0 evaluates and writes the results).
 
     Rank 0 cannot append rows before the first step, which needs every rank, so both read the
-    same ``rows.jsonl`` to decide which methods are finished.
+    same ``rows.jsonl`` (and ``run.json``) to decide which methods are finished, and which lost rows
+    rank 0 recomputes from a saved model without training (:func:`benchmark.runner.trains`).
     """
-    from benchmark.runner import finished_methods
+    from benchmark.rowcheck import RowsCheck, check_rows
+    from benchmark.runner import trains
 
-    done = finished_methods(bench.run_dir / "rows.jsonl") if bench.resume else set()
+    check = check_rows(bench.run_dir, bench.run_dir / "rows.jsonl") if bench.resume else RowsCheck(Path(), [], False)
     private = Path(tempfile.mkdtemp(prefix=f"mmfs-rank{_current.rank}-"))
     bench.manifest_dir = private
     if bench.cfg.threads:
@@ -194,7 +196,7 @@ def follow(bench) -> None:
     try:
         bench.prepare()
         for method in bench.methods:
-            if method.slug not in done:
+            if trains(bench, method, check):
                 bench.train(bench.build_learner(method), method)
     finally:
         shutil.rmtree(private, ignore_errors=True)

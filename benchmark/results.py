@@ -3,19 +3,23 @@
 Layout of one run directory::
 
     <out>/<run_id>/rows.jsonl      one row per (method, way, shot, episode, metric)
-    <out>/<run_id>/run.json        resolved config, seeds, manifest hashes, versions, timings
+    <out>/<run_id>/run.json        resolved config, seeds, manifest hashes, versions, timings, and
+                                   what was written to rows.jsonl ("rows", benchmark.rowcheck)
     <out>/<run_id>/summary.csv     generated from rows.jsonl, never edited by hand
     <out>/<run_id>/summary.md
     <out>/<run_id>/comparison*.csv/.md  paired tables (benchmark.tablewrite)
     <out>/<run_id>/train_log/      per-step training log of each method (<slug>.csv, benchmark.trainlog)
     <out>/<run_id>/checkpoints/    best model of each method (<slug>.pt) and, while a method
                                    trains, its resumable training state (<slug>.train.pt)
+    <out>/<run_id>/rows.damaged-<time>.jsonl  a damaged rows file, copied before a rerun repaired it
     <out>/<run_id>/.lock           held (flock) by the process writing the run folder
     <out>/manifests/               fixed test episodes, shared by every run in <out>
 
 Every file is written atomically (temporary file, ``fsync``, then rename):
 ``rows.jsonl`` gets all rows of a method at once when the method has finished,
-so it always holds whole methods, and an interrupt never loses a finished one.
+so it always holds whole methods, and an interrupt never loses a finished one; rows
+lost later (a truncated or edited file) are detected against ``run.json`` and
+recomputed by the next run (:mod:`benchmark.rowcheck`).
 A write that fails (full disk, read-only folder) raises a :class:`BenchmarkError`
 and leaves the previous contents in place.
 """
@@ -102,20 +106,38 @@ def rows_file(run_dir: Path) -> Path:
     return gzipped if not plain.exists() and gzipped.exists() else plain
 
 
+def parse_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    """The records of a ``.jsonl`` or ``.jsonl.gz`` file (none if it is missing) and the numbers (from 1)
+    of its lines that are not a JSON record: cut off by a crash or a kill, or damaged.
+
+    Raises:
+        BenchmarkError: the file cannot be read or decompressed.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    try:
+        data = path.read_bytes()
+        text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode(errors="replace")
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise BenchmarkError(f"cannot read {path}: {err}; rerun the run that wrote it to recompute it") from None
+    records, bad = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif line.strip():
+            bad.append(number)
+    return records, bad
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a ``.jsonl`` or ``.jsonl.gz`` file (none if it is missing), skipping a partial
     line left by a crash or a kill."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-    records = []
-    for line in text.splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return parse_jsonl(path)[0]
 
 
 def read_rows(path: Path) -> pd.DataFrame:
@@ -175,7 +197,8 @@ def run_record(bench, status: str, wall_time_s: float) -> dict:
         "manifests": {f"{w}w{s}s": {"sha256": m.sha256, "path": str(p)}
                       for (w, s), (m, p) in bench.test_manifests.items()},
         "val_manifest_sha256": bench.val_manifest and bench.val_manifest.sha256,
-        "methods": bench.method_records, "skipped": bench.skipped, "git_commit": git_commit((bench.cfg.out,)),
+        "methods": bench.method_records, "rows": bench.rows_record, "skipped": bench.skipped,
+        "git_commit": git_commit((bench.cfg.out,)),
         "packages": package_versions(), "device": str(bench.device), "torch_threads": torch.get_num_threads(),
         "allocator": bench.allocator, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "host": platform.node(), "cpu": cpu_model(), "platform": platform.platform(),

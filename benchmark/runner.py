@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from benchmark import distributed
-from benchmark.checkpoint import RunLock, save_model
+from benchmark.checkpoint import RunLock, check_state_dict, read_model, save_model
 from benchmark.config import ExperimentConfig, component_config, train_config
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method, check_names, check_options, expand_methods, fit_to_captions
 from benchmark.provenance import resolve_device
 from benchmark.plugins import LOADED as PLUGINS
-from benchmark.results import (append_rows, episode_rows, previous_method_records, read_rows, run_record,
-                               write_run_record)
+from benchmark.results import episode_rows, previous_method_records, run_record, write_run_record
+from benchmark.rowcheck import RowsCheck, check_rows, describe_rows, recorded_rows, replace_rows, set_aside_damaged
 from benchmark.rundir import config_hash, prepare_output, seeds, set_aside_previous
 from benchmark.runtime import keep_freed_memory
 from benchmark.tablewrite import write_summary, write_tables
@@ -37,8 +37,17 @@ log = logging.getLogger(__name__)
 
 
 def finished_methods(rows_path: Path) -> set[str]:
-    """Slugs of the methods whose rows are already in ``rows_path`` (a resumed run skips them)."""
-    return {Method.from_row(r.learner, r.modalities, r.fusion).slug for r in read_rows(rows_path).itertuples()}
+    """Slugs of the methods whose rows are in ``rows_path`` and complete, as far as ``run.json`` beside it
+    records (:func:`benchmark.rowcheck.check_rows`): a resumed run skips them."""
+    return check_rows(Path(rows_path).parent, rows_path).finished
+
+
+def trains(bench: Benchmark, method: Method, check: RowsCheck) -> bool:
+    """Whether a resumed run trains ``method``: not when its rows are complete, nor when its lost rows
+    are recomputed from its saved model (:meth:`Benchmark.retest`)."""
+    if method.slug in check.finished:
+        return False
+    return method.slug not in check.damaged or not bench.saved_model(method).exists()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +93,7 @@ class Benchmark:
         self.text: TextInputs | None = None
         self.skipped: dict[str, str] = {}  # method label -> why it cannot run in this setting
         self.method_records: dict[str, dict] = {}  # filled by run(): slug -> training history, wall time, model
+        self.rows_record: dict[str, dict] = {}  # filled by run(): slug -> what it wrote to rows.jsonl (rowcheck)
         self.allocator: dict[str, object] | None = None
 
     # -- data ---------------------------------------------------------------------------------
@@ -252,6 +262,28 @@ class Benchmark:
         """Where the resumable training state of ``method`` is kept while it trains."""
         return self.run_dir / "checkpoints" / f"{method.slug}.train.pt"
 
+    def saved_model(self, method: Method) -> Path:
+        """Where the selected model of ``method`` is saved once it has trained."""
+        return self.run_dir / "checkpoints" / f"{method.slug}.pt"
+
+    def retest(self, method: Method) -> list[dict]:
+        """The rows of a finished ``method`` whose rows were lost: its saved model tested again (the
+        rows it wrote: testing is deterministic), or, without a saved model, the method trained again.
+
+        Raises:
+            BenchmarkError: the saved model cannot be read or does not fit the method (names the file).
+        """
+        path = self.saved_model(method)
+        if not path.exists():
+            log.warning("%s: no saved model %s; training it again", method.label, path)
+            return self.run_method(method)
+        state, _ = read_model(path)
+        learner = self.build_learner(method)
+        check_state_dict(learner, state, f"saved model {path}", f"Delete it to train {method.label} again")
+        learner.load_state_dict(state)
+        log.info("%s: testing its saved model %s again", method.label, path)
+        return self.test(learner, method)
+
     def run_method(self, method: Method) -> list[dict]:
         """Train, save and test one method; its rows (its record goes to :attr:`method_records`)."""
         start = time.perf_counter()
@@ -261,7 +293,7 @@ class Benchmark:
             raise BenchmarkError(f"cannot create {self.run_dir / 'checkpoints'}: {err.strerror or err}") from None
         learner = self.build_learner(method)
         history = self.train(learner, method)
-        checkpoint = self.run_dir / "checkpoints" / f"{method.slug}.pt"
+        checkpoint = self.saved_model(method)
         save_model(checkpoint, learner, describe(self.cfg, method, self.dataset, self.setting))  # self-describing
         rows = self.test(learner, method)
         self.method_records[method.slug] = {
@@ -272,7 +304,8 @@ class Benchmark:
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
-        """Run every method not yet in ``rows.jsonl``, holding the run-folder lock.
+        """Run every method not yet in ``rows.jsonl``, holding the run-folder lock; recompute the rows of a
+        method that ``rows.jsonl`` lost (see :mod:`benchmark.rowcheck`), replacing what is left of them.
 
         Raises:
             BenchmarkError: another process holds the lock (the same config into the same --out).
@@ -288,22 +321,27 @@ class Benchmark:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.method_records = previous_method_records(self.run_dir)
+        self.rows_record = recorded_rows(self.run_dir) or {}
         rows_path = self.run_dir / "rows.jsonl"
-        done = finished_methods(rows_path)
+        check = self._check_rows(rows_path)
+        damaged = not check.ok  # set aside (copied) before it is first rewritten
         self._write_run_json("running", start)
         try:
             self.prepare()
             for i, method in enumerate(self.methods, 1):
-                if method.slug in done:
+                if method.slug in check.finished:
                     log.info("[%d/%d] %s: already in %s, skipped", i, len(self.methods), method.label, rows_path)
                     continue
                 log.info("[%d/%d] %s", i, len(self.methods), method.label)
-                rows = self.run_method(method)
-                append_rows(rows_path, rows)  # atomic: the method is in the file entirely or not at all
-                done.add(method.slug)
+                rows = self.retest(method) if method.slug in check.damaged else self.run_method(method)
+                self.rows_record[method.slug] = describe_rows(rows)
+                self._write_run_json("running", start)  # the record first: rows lost after it are detected
+                if damaged:
+                    log.info("the damaged rows file is copied to %s", set_aside_damaged(rows_path))
+                    damaged = False
+                replace_rows(rows_path, method.slug, rows)  # atomic: all of the method's rows or none, once
                 self.train_checkpoint(method).unlink(missing_ok=True)  # finished: its rows are the record
-                write_summary(self.run_dir)
-                self._write_run_json("running", start)
+                write_summary(self.run_dir, warn=False)  # damaged rows of later methods are being repaired
         except KeyboardInterrupt:
             self._write_run_json_quietly("interrupted", start)
             raise
@@ -311,9 +349,18 @@ class Benchmark:
             self._write_run_json_quietly("failed", start, f"{type(err).__name__}: {err}")
             raise
         table = write_summary(self.run_dir)
-        write_tables([self.run_dir], self.run_dir)
+        write_tables([self.run_dir], self.run_dir, warn=False)  # write_summary has warned
         self._write_run_json("finished", start)
         return table
+
+    def _check_rows(self, rows_path: Path) -> RowsCheck:
+        """Check ``rows.jsonl`` against the record of what was written, and say what will be recomputed."""
+        check = check_rows(self.run_dir, rows_path)
+        if not check.ok:
+            redo = ", ".join(sorted(check.damaged)) or "nothing (run.json has no record of what was written)"
+            log.warning("%s. Recomputing %s (from its saved model where there is one, else trained again); "
+                        "intact methods are kept", check.describe(), redo)
+        return check
 
     def _write_run_json(self, status: str, start: float, error: str | None = None) -> None:
         record = {**run_record(self, status, time.perf_counter() - start), "plugins": dict(PLUGINS),  # with sha256

@@ -44,12 +44,13 @@ def run_seeds(cfg: ExperimentConfig, seeds: list[int], resume: bool = True) -> t
     Returns:
         The run folders (in seed order), the tables over them and the folder they were written to.
     """
+    from benchmark.rowcheck import check_rows
     from benchmark.runner import Benchmark
 
     run_dirs = []
     for i, seed in enumerate(seeds, 1):
         bench = Benchmark(merge(cfg, {"seed": seed}, "--seeds"), resume=resume)
-        if resume and read_run_record(bench.run_dir).get("status") == "finished":
+        if resume and read_run_record(bench.run_dir).get("status") == "finished" and check_rows(bench.run_dir).ok:
             log.info("seed %d (%d/%d): finished in %s, skipped", seed, i, len(seeds), bench.run_dir)
         else:
             log.info("seed %d (%d/%d): run %s", seed, i, len(seeds), bench.run_id)

@@ -64,9 +64,12 @@ class Cell:
     run_dir: Path
 
     def finished(self) -> bool:
-        """Its run folder holds its rows (written atomically, all at once, when it finished)."""
+        """Its run folder holds its rows (written atomically, all at once, when it finished), complete as far
+        as its ``run.json`` records (a damaged cell is run again, which recomputes what is missing)."""
+        from benchmark.rowcheck import check_rows
+
         path = self.run_dir / "rows.jsonl"
-        return path.is_file() and path.stat().st_size > 0
+        return path.is_file() and path.stat().st_size > 0 and not check_rows(self.run_dir, path).damaged
 
 
 @dataclass

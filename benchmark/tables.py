@@ -75,20 +75,36 @@ def upgrade_rows(rows: pd.DataFrame, record: dict) -> pd.DataFrame:
     return rows
 
 
-def load_rows(run_dirs: list[Path]) -> pd.DataFrame:
-    """The rows of several run folders, upgraded to the current schema and keyed by :data:`KEYS`.
+def require_rows(run_dir: Path) -> Path:
+    """The rows file of ``run_dir`` (:func:`benchmark.results.rows_file`).
+
+    Raises:
+        BenchmarkError: the folder holds no ``rows.jsonl`` (nor ``rows.jsonl.gz``).
+    """
+    from benchmark.results import rows_file
+
+    if not rows_file(run_dir).exists():
+        raise BenchmarkError(f"{run_dir} holds no rows.jsonl (nor rows.jsonl.gz): give run folders written by "
+                             "`run_benchmark.py run`")
+    return rows_file(run_dir)
+
+
+def load_rows(run_dirs: list[Path], warn: bool = True) -> pd.DataFrame:
+    """The rows of several run folders, upgraded to the current schema and keyed by :data:`KEYS`; with
+    ``warn``, a warning for each folder whose rows file is damaged or incomplete (:mod:`benchmark.rowcheck`).
 
     Raises:
         BenchmarkError: a folder without ``rows.jsonl`` (or ``rows.jsonl.gz``), or one run given twice.
     """
-    from benchmark.results import read_rows, rows_file
+    from benchmark.rowcheck import check_rows
 
     frames, seen = [], {}
     for run_dir in map(Path, run_dirs):
-        if not rows_file(run_dir).exists():
-            raise BenchmarkError(f"{run_dir} holds no rows.jsonl (nor rows.jsonl.gz): give run folders written by "
-                                 "`run_benchmark.py run`")
-        rows = read_rows(rows_file(run_dir))
+        check = check_rows(run_dir, require_rows(run_dir))
+        if warn and not check.ok:
+            log.warning("WARNING: %s. Numbers from this run are partial; rerun it (the same `run_benchmark.py run` "
+                        "command) to recompute what is missing", check.describe())
+        rows = pd.DataFrame(check.records)
         if rows.empty:
             continue
         for run_id in rows["run_id"].unique():

@@ -129,17 +129,20 @@ def shown(table: pd.DataFrame, drop: tuple[str, ...] = ()) -> pd.DataFrame:
     return table.drop(columns=[c for c in hidden + list(drop) if c in table.columns])
 
 
-def write_summary(run_dir: Path) -> pd.DataFrame:
-    """Regenerate ``summary.csv`` and ``summary.md`` of one run folder from its ``rows.jsonl``."""
-    table = summarize(load_rows([run_dir]))
+def write_summary(run_dir: Path, warn: bool = True) -> pd.DataFrame:
+    """Regenerate ``summary.csv`` and ``summary.md`` of one run folder from its ``rows.jsonl`` (``warn``:
+    say so when that file is damaged, see :func:`benchmark.tables.load_rows`)."""
+    table = summarize(load_rows([run_dir], warn))
     atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False))
     atomic_write_text(run_dir / "summary.md", to_markdown(shown(table, ("config", "manifest_sha256", "run_id"))))
     return table
 
 
-def compute_tables(run_dirs: list[Path], baseline: str = "image", metric: str = "accuracy") -> Tables:
-    """Every table over ``run_dirs`` (see the module docstring), not written anywhere."""
-    rows = load_rows(run_dirs)
+def compute_tables(run_dirs: list[Path], baseline: str = "image", metric: str = "accuracy",
+                   warn: bool = True) -> Tables:
+    """Every table over ``run_dirs`` (see the module docstring), not written anywhere (``warn``: see
+    :func:`benchmark.tables.load_rows`)."""
+    rows = load_rows(run_dirs, warn)
     if rows.empty:
         raise BenchmarkError(f"no results yet in {', '.join(map(str, run_dirs))}: no method has finished")
     if metric not in set(rows["metric"]):
@@ -150,9 +153,10 @@ def compute_tables(run_dirs: list[Path], baseline: str = "image", metric: str = 
     return Tables(summary, seeds, comparison, wide_numbers(seeds, comparison, metric), metric, baseline)
 
 
-def write_tables(run_dirs: list[Path], out_dir: Path, baseline: str = "image", metric: str = "accuracy") -> Tables:
+def write_tables(run_dirs: list[Path], out_dir: Path, baseline: str = "image", metric: str = "accuracy",
+                 warn: bool = True) -> Tables:
     """Compute :func:`compute_tables` and write its files into ``out_dir`` (created if missing)."""
-    tables = compute_tables(run_dirs, baseline, metric)
+    tables = compute_tables(run_dirs, baseline, metric, warn)
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as err:
