@@ -13,9 +13,9 @@ differs from the paper's; a row is ``comparable`` only without any::
 
 Training runs the ordinary :class:`~benchmark.runner.Benchmark` into ``results/training/<run_id>/``
 (its ``checkpoints/*.train.pt`` may be committed while it runs: ``reproduce NAME`` resumes from
-them). When it is done, the model file (read with ``weights_only=True``; older ones are bare state
-dicts) goes to ``results/checkpoints/<name>.pt`` with the per-episode test
-accuracies (``<name>.episodes.json``), the rows go to ``results/reproduced.csv`` (see
+them). When it is done, the model file (read with ``weights_only=True``; the older bare state dicts
+were upgraded in place, see :mod:`benchmark.reproduce_upgrade`) goes to ``results/checkpoints/<name>.pt``
+with the per-episode test accuracies (``<name>.episodes.json``), the rows go to ``results/reproduced.csv`` (see
 :mod:`benchmark.reproduced`; only from a clean tree) and the training folder is removed.
 ``--eval-only`` re-evaluates the committed checkpoint on the same fixed manifests and writes
 ``results/checks/<name>.json``; it never changes a row.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,12 @@ import torch
 from benchmark.checkpoint import read_model
 from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, committed_episodes, hardware
 from benchmark.provenance import dirty_paths, head_commit
+from benchmark.reproduce_upgrade import verify_checkpoint
 from benchmark.reproduced import RESULTS_DIR
 from benchmark.results import atomic_write_text
 from tasks.errors import BenchmarkError
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, threads: int = 0,
@@ -32,7 +36,9 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
             compared with the committed per-episode accuracies of those episodes).
 
     Raises:
-        BenchmarkError: a missing checkpoint, or a manifest that differs from the recorded one.
+        BenchmarkError: a missing checkpoint, one that is neither the file its rows were evaluated from
+            nor their recorded upgrade (:func:`~benchmark.reproduce_upgrade.verify_checkpoint`), or a
+            manifest that differs from the recorded one.
     """
     from benchmark.runner import Benchmark
 
@@ -40,6 +46,11 @@ def evaluate_checkpoint(protocol: Protocol, data_root: str | None, out: str, thr
     if not checkpoint.exists():
         raise BenchmarkError(f"no committed checkpoint {checkpoint}; train it first with "
                              f"python run_benchmark.py reproduce {protocol.name} --data-root DIR")
+    lineage = verify_checkpoint(protocol, results_dir)  # the file its rows were evaluated from, or their upgrade
+    if lineage["upgraded_from"]:
+        log.info("%s is the self-describing copy of the file the rows were evaluated from (sha256 %s; tensors "
+                 "%s)", checkpoint, lineage["upgraded_from"]["sha256"][:12],
+                 "checked equal" if lineage["weights_checked"] else "not checked: the original is not in git here")
     if threads:
         torch.set_num_threads(threads)
     bench = Benchmark(_with_runtime(protocol, data_root, out, threads, device))

@@ -30,8 +30,12 @@ REPRODUCED_COLUMNS = [
     "name", "protocol", "benchmark", "reference", "label", "comparable", "protocol_deviations", "learner",
     "n_way", "n_shot", "n_query", "published_mean", "published_ci95", "mean", "ci95", "difference",
     "published_in_ci", "within_half_point", "test_episodes", "training", "hardware", "train_wall_time_s",
-    "manifest_sha256", "dataset_fingerprint", "checkpoint_sha256", "git_commit", "date", "command",
+    "manifest_sha256", "dataset_fingerprint", "checkpoint_sha256", "upgraded_checkpoint_sha256", "git_commit", "date",
+    "command",
 ]
+#: ``checkpoint_sha256`` is the file the row was evaluated from; ``upgraded_checkpoint_sha256`` (empty
+#: unless the committed file was upgraded since, see :mod:`benchmark.reproduce_upgrade`) the
+#: self-describing copy with the same tensors that ``results/checkpoints/`` holds now
 
 
 def read_reproduced(results_dir: Path = RESULTS_DIR) -> pd.DataFrame:
@@ -40,8 +44,8 @@ def read_reproduced(results_dir: Path = RESULTS_DIR) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=REPRODUCED_COLUMNS)
     try:
-        table = pd.read_csv(path, dtype={"name": str, "protocol_deviations": str, "label": str}, keep_default_na=False,
-                            na_values=[""])
+        table = pd.read_csv(path, dtype={"name": str, "protocol_deviations": str, "label": str,
+                                         "upgraded_checkpoint_sha256": str}, keep_default_na=False, na_values=[""])
     except (OSError, ValueError) as err:
         raise BenchmarkError(f"cannot read {path}: {err}; restore it with git checkout -- {path}") from None
     return migrate(table) if "protocol_deviations" not in table.columns else table.reindex(columns=REPRODUCED_COLUMNS)
@@ -157,7 +161,10 @@ def readme_text(table: pd.DataFrame) -> str:
         "Each row was trained from a clean checkout of the commit in its row with the command in its last column;\n"
         "the committed checkpoint `checkpoints/<protocol>.pt` is re-evaluated on the same fixed test manifest\n"
         "(sha256 in `reproduced.csv`) by `python run_benchmark.py reproduce <protocol> --data-root DIR --eval-only`,\n"
-        "which writes `checks/<protocol>.json` and never changes a row.\n"
+        "which writes `checks/<protocol>.json` and never changes a row. The checkpoints are self-describing\n"
+        "model files; a row's `checkpoint_sha256` names the file it was evaluated from, and\n"
+        "`upgraded_checkpoint_sha256` the one committed now when that bare state dict was upgraded since\n"
+        "(the same tensors; see `docs/reproducing.md`).\n"
         "Accuracies are percentages over the manifest's test episodes; the interval is the 95% t-interval over\n"
         "episodes. `leaderboard.csv` holds the published numbers with their protocols and sources.\n"
         f"The goal: within {GOAL_POINTS} points of the published mean, or the published mean inside our 95% CI.\n"

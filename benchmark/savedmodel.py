@@ -6,11 +6,14 @@ the encoder's vocabulary came from), the task setting, the preprocessing of the 
 channels, colour mode, resize filter, colour inversion, normalisation statistics), the dataset
 (name, options, fingerprint) with its training and validation classes, and the git commit.
 :func:`load_learner` rebuilds the learner from such a file; an older bare state dict is rebuilt
-from the experiment config it was trained with (``config=``/``--config``) and its dataset.
+from the experiment config it was trained with (``config=``/``--config``) and its dataset, and
+:func:`upgrade_checkpoint` writes a self-describing copy of one (the same tensors, checked; its
+``upgraded_from`` names the old file's sha256; no absolute path in the metadata).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,15 +179,83 @@ def load_learner(path: str | Path, config: str | Path | dict | ExperimentConfig 
     return learner
 
 
+#: ``dataset.info`` entries that hold paths (besides any absolute path): stored relative to the data root
+PATH_KEYS = ("root", "captions", "csv")
+
+
+def portable(meta: dict[str, Any], data_root: str | Path | None) -> dict[str, Any]:
+    """``meta`` without absolute paths: the config's ``data_root`` left out (give ``--data-root`` when
+    evaluating), an absolute ``out`` made relative to the working directory (or the default), and the
+    dataset's paths made relative to ``data_root`` (or left out when they lie elsewhere)."""
+    base = Path(data_root).expanduser().resolve() if data_root is not None else None
+
+    def relative(value: str, to: Path | None) -> str | None:
+        if to is None:
+            return None
+        try:
+            return str(Path(value).expanduser().resolve().relative_to(to))
+        except ValueError:
+            return None
+
+    meta = json.loads(json.dumps(meta))  # a deep copy
+    config = meta.get("config")
+    if isinstance(config, dict):
+        config["data_root"] = None
+        if isinstance(config.get("out"), str) and Path(config["out"]).is_absolute():
+            config["out"] = relative(config["out"], Path.cwd().resolve()) or ExperimentConfig().out
+    info = meta.get("dataset", {}).get("info", {})
+    for key, value in list(info.items()):
+        if isinstance(value, str) and (key in PATH_KEYS or Path(value).is_absolute()):
+            info[key] = relative(value, base)
+            if info[key] is None:
+                del info[key]
+    return meta
+
+
+def same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> list[str]:
+    """The entries where two state dicts differ (keys, dtype, shape or any value); empty when identical."""
+    keys = sorted(set(first) | set(second))
+    return [k for k in keys if k not in first or k not in second or first[k].dtype != second[k].dtype
+            or first[k].shape != second[k].shape or not torch.equal(first[k], second[k])]
+
+
 def upgrade_checkpoint(path: str | Path, out: str | Path, config: str | Path | ExperimentConfig,
-                       data_root: str | None = None, method: str | None = None) -> Path:
-    """Write a self-describing copy of a bare state dict (same weights; metadata from ``config``)."""
-    if Path(out).resolve() == Path(path).resolve():
+                       data_root: str | None = None, method: str | None = None,
+                       lineage: dict[str, Any] | None = None, at_commit: str | None = None) -> Path:
+    """Write a self-describing copy of a bare state dict (same weights; metadata from ``config``).
+
+    The metadata records where the weights came from, ``upgraded_from``: the bare file's ``sha256``,
+    its ``path`` (the name only, unless ``lineage`` gives one), the ``commit`` holding it (``lineage``;
+    ``None`` when unknown) and ``same_weights: true``, checked here: every tensor of the new file equals
+    the original's; ``upgraded_at_commit`` is ``at_commit`` (default: the checked-out commit, ``-dirty``
+    with uncommitted changes). The metadata embeds no absolute path (see :func:`portable`).
+
+    Raises:
+        BenchmarkError: ``out`` is ``path``, ``path`` is already self-describing, or the tensors differ.
+    """
+    import hashlib
+
+    from benchmark.provenance import git_commit
+
+    path, out = Path(path), Path(out)
+    if out.resolve() == path.resolve():
         raise BenchmarkError(f"--out {out} is the checkpoint itself; write the upgraded copy to another file")
+    original = path.read_bytes() if path.is_file() else b""
     learner = load_learner(path, config, data_root, method)
     info = learner.benchmark_info
     if not info.bare:
         raise BenchmarkError(f"{path} is already a self-describing model file; nothing to upgrade")
-    meta = {**info.meta, "git_commit": None, "upgraded_from": str(path), "upgraded_at_commit": info.meta["git_commit"]}
-    save_model(Path(out), learner, meta)
-    return Path(out)
+    root = data_root if data_root is not None else config_of(config).data_root
+    source = {"sha256": hashlib.sha256(original).hexdigest(), "path": path.name, "commit": None,
+              "same_weights": True, **(lineage or {})}
+    meta = {**portable(info.meta, root), "git_commit": None, "upgraded_from": source,
+            "upgraded_at_commit": at_commit or git_commit()}
+    save_model(out, learner, meta)
+    bare, _ = read_model(path)
+    written, _ = read_model(out)
+    differ = same_tensors(bare, written)
+    if differ:
+        out.unlink()
+        raise BenchmarkError(f"the upgraded copy of {path} differs from it in {len(differ)} entries (e.g. "
+                             f"{', '.join(differ[:3])}); nothing written")
+    return out

@@ -1,6 +1,7 @@
 """`evaluate` and the Python API on the committed Omniglot checkpoint, on fixed episodes of image files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmark.checkpoint import read_model
 from benchmark.cli import main
 from benchmark.provenance import cpu_model
 from benchmark.savedmodel import load_learner
@@ -19,14 +21,22 @@ from tasks.errors import BenchmarkError
 from test_reproduce import SHARED, needs_omniglot
 
 REPO = Path(__file__).resolve().parents[1]
-BARE = REPO / "results" / "checkpoints" / "omniglot_protonet_5w1s_2k.pt"
+COMMITTED = REPO / "results" / "checkpoints" / "omniglot_protonet_5w1s_2k.pt"  # upgraded from a bare state dict
 CONFIG = REPO / "benchmark" / "configs" / "omniglot_protonet_5w1s_2k.yaml"
 
 
 @pytest.fixture(scope="module")
-def omniglot_learner():
+def bare(tmp_path_factory) -> Path:
+    """The committed model's tensors as a bare state dict, the format of the older checkpoints."""
+    path = tmp_path_factory.mktemp("bare") / COMMITTED.name
+    torch.save(read_model(COMMITTED)[0], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def omniglot_learner(bare):
     torch.set_num_threads(1)
-    return load_learner(BARE, CONFIG, str(SHARED))
+    return load_learner(bare, CONFIG, str(SHARED))
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +48,10 @@ def episode_file(tmp_path_factory):
 
 
 @needs_omniglot
-def test_evaluate_episode_file_end_to_end(episode_file, tmp_path, capsys, caplog):
-    """The issue's test: `evaluate --episodes` on a committed (bare) checkpoint writes predictions.csv
+def test_evaluate_episode_file_end_to_end(bare, episode_file, tmp_path, capsys, caplog):
+    """The issue's test: `evaluate --episodes` on an older (bare) checkpoint writes predictions.csv
     naming every query file, and flags the episode of training characters."""
-    code = main(["evaluate", "--checkpoint", str(BARE), "--config", str(CONFIG), "--data-root", str(SHARED),
+    code = main(["evaluate", "--checkpoint", str(bare), "--config", str(CONFIG), "--data-root", str(SHARED),
                  "--episodes", str(episode_file), "--out", str(tmp_path), "--threads", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -102,16 +112,16 @@ def test_sampled_episodes_are_the_runs_test_manifest(omniglot_learner):
     from benchmark import evaluate
 
     preds = evaluate(omniglot_learner, data_root=str(SHARED), ways=[5], shots=[1], n_episodes=20)
-    committed = json.loads(BARE.with_suffix(".episodes.json").read_text())["accuracy"][:20]
+    committed = json.loads(COMMITTED.with_suffix(".episodes.json").read_text())["accuracy"][:20]
     accuracy = preds.groupby("episode", sort=False)["correct"].mean().to_numpy()
     assert np.array_equal(accuracy, np.asarray(committed))
     assert not preds["in_training_classes"].any()
 
 
 @needs_omniglot
-def test_upgrade_writes_a_self_describing_copy(omniglot_learner, episode_file, tmp_path, capsys):
+def test_upgrade_writes_a_self_describing_copy(bare, omniglot_learner, episode_file, tmp_path, capsys):
     new = tmp_path / "upgraded.pt"
-    assert main(["upgrade-checkpoint", str(BARE), "--config", str(CONFIG), "--data-root", str(SHARED),
+    assert main(["upgrade-checkpoint", str(bare), "--config", str(CONFIG), "--data-root", str(SHARED),
                  "--out", str(new)]) == 0
     raw = torch.load(new, weights_only=True)  # plain values and tensors only
     meta = json.loads(raw["meta"])
@@ -119,7 +129,10 @@ def test_upgrade_writes_a_self_describing_copy(omniglot_learner, episode_file, t
     assert meta["preprocessing"]["image_shape"] == [1, 28, 28] and not meta["preprocessing"]["invert"]
     assert meta["preprocessing"]["mean"] == omniglot_learner.benchmark_info.meta["preprocessing"]["mean"]
     assert len(meta["dataset"]["train_classes"]) == 4112 and meta["learner"] == "protonet"
-    assert meta["dataset"]["fingerprint"] and meta["upgraded_from"] == str(BARE)
+    assert meta["dataset"]["fingerprint"] and meta["upgraded_from"] == {
+        "sha256": hashlib.sha256(bare.read_bytes()).hexdigest(), "path": bare.name, "commit": None, "same_weights": True}
+    assert meta["config"]["data_root"] is None and meta["dataset"]["info"]["root"] == "omniglot-py"  # not absolute
+    assert all(torch.equal(v, raw["state_dict"][k]) for k, v in read_model(bare)[0].items())
     from benchmark import evaluate
 
     upgraded = load_learner(new)  # no config needed any more
@@ -132,8 +145,23 @@ def test_upgrade_writes_a_self_describing_copy(omniglot_learner, episode_file, t
     assert "already a self-describing" in capsys.readouterr().err
 
 
-def test_bare_checkpoint_without_config_names_what_it_lacks(tmp_path, capsys):
-    code = main(["evaluate", "--checkpoint", str(BARE), "--out", str(tmp_path)])
+@needs_omniglot
+def test_committed_checkpoint_evaluates_without_config(tmp_path, capsys):
+    """`evaluate --checkpoint results/checkpoints/NAME.pt --data-root DIR`: the committed model describes
+    itself, and the first test episodes give its committed per-episode accuracies."""
+    code = main(["evaluate", "--checkpoint", str(COMMITTED), "--data-root", str(SHARED), "--ways", "5",
+                 "--test-episodes", "5", "--out", str(tmp_path), "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    (run_dir,) = list(tmp_path.iterdir())
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    committed = json.loads(COMMITTED.with_suffix(".episodes.json").read_text())["accuracy"][:5]
+    assert np.array_equal(preds.groupby("episode", sort=False)["correct"].mean().to_numpy(), np.asarray(committed))
+    record = json.loads((run_dir / "run.json").read_text())
+    assert not record["bare_checkpoint"] and record["model"]["upgraded_from"]["same_weights"]
+
+
+def test_bare_checkpoint_without_config_names_what_it_lacks(bare, tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(bare), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
     assert "bare state dict" in err and "normalisation statistics" in err and "training classes" in err

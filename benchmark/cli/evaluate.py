@@ -13,8 +13,9 @@ examples:
   python run_benchmark.py evaluate --checkpoint runs/<run>/checkpoints/protonet-image-none.pt --out runs/eval
   python run_benchmark.py evaluate --checkpoint model.pt --episodes episodes.json --out runs/eval
   python run_benchmark.py evaluate --checkpoint results/checkpoints/omniglot_protonet_5w1s_2k.pt \\
-      --config benchmark/configs/omniglot_protonet_5w1s_2k.yaml --data-root ../shared/data \\
-      --ways 20 --shots 1 --test-episodes 100 --out runs/eval     # an older bare state dict
+      --data-root ../shared/data --ways 20 --shots 1 --test-episodes 100 --out runs/eval
+  python run_benchmark.py evaluate --checkpoint old.pt --config benchmark/configs/omniglot_protonet_5w1s_2k.yaml \\
+      --data-root ../shared/data --out runs/eval                  # an older bare state dict
 
 Episode files (JSON or CSV) are described in docs/python-api.md.
 """

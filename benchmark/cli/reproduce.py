@@ -12,6 +12,7 @@ examples:
   python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --threads 2
   python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --eval-only
   python run_benchmark.py reproduce omniglot_maml_5w1s --data-root ../shared/data --interim
+  python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --upgrade-checkpoint
 """
 
 
@@ -30,6 +31,9 @@ class Reproduce(Subcommand):
         add("--interim", action="store_true",
             help="record rows for an unfinished training's latest checkpoint (marked interim, not comparable; "
                  "the training continues with the same command without --interim)")
+        add("--upgrade-checkpoint", action="store_true",
+            help="rewrite a bare results/checkpoints/NAME.pt as a self-describing model file (same tensors; "
+                 "the rows keep the old sha256 and record the new one)")
         add("--test-episodes", type=int,
             help="with --eval-only: only the first N episodes of the fixed manifest (a quick check)")
         add("--out", help="run folder (default: results/training; runs/reproduce with --eval-only)")
@@ -50,6 +54,20 @@ class Reproduce(Subcommand):
         if args.interim and args.eval_only:
             raise BenchmarkError("--interim records rows from the training checkpoint and --eval-only checks the "
                                  "committed model: use one of them")
+        if args.upgrade_checkpoint:
+            if args.interim or args.eval_only:
+                raise BenchmarkError("--upgrade-checkpoint rewrites the committed model only: use it alone")
+            from benchmark.reproduce_upgrade import upgrade_committed, verify_checkpoint
+
+            path = upgrade_committed(protocol, args.data_root, results)
+            lineage = verify_checkpoint(protocol, results)
+            source = lineage["upgraded_from"] or {}
+            print(f"{reproduce.checkpoint_path(protocol, results)} "
+                  + ("already describes itself: nothing to upgrade" if path is None else "now describes itself")
+                  + (f"; upgraded from sha256 {source['sha256']} (commit {source.get('commit')}, tensors "
+                     f"{'checked equal' if lineage['weights_checked'] else 'equal when written'}); "
+                     f"its sha256 {lineage['sha256']}, {lineage['rows']} row(s) of reproduced.csv" if source else ""))
+            return 0
         if args.interim:
             outcomes = reproduce_train.record_interim(protocol, args.data_root, args.out, args.threads, args.device,
                                                       results)
