@@ -25,7 +25,7 @@ import torch
 
 from benchmark import reproduced
 from benchmark.config import train_config
-from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, hardware
+from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, command_data_root, hardware
 from benchmark.reproduced import RESULTS_DIR
 from benchmark.results import atomic_write_text, read_rows
 from tasks.errors import BenchmarkError
@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def rerun_command(protocol: Protocol, data_root: str | None, threads: int, device: str) -> str:
-    """The command that trains the protocol again with these settings."""
-    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {data_root or 'DIR'} --threads {threads}"
+    """The command that trains the protocol again with these settings (the data root as
+    :func:`~benchmark.reproduce.command_data_root` spells it)."""
+    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {command_data_root(data_root)} "
+            f"--threads {threads}"
             + ("" if device == "cpu" else f" --device {device}"))
 
 
