@@ -134,6 +134,37 @@ def test_recorded_commands_spell_the_data_root_without_a_machines_absolute_path(
             assert f" --data-root {shown} " in command, (data_root, command)
 
 
+def test_committed_hardware_names_the_cpu_family_and_model():
+    """Hosts named "AMD EPYC" differ 2x in speed and in rounding: every CPU record names family and model,
+    or says that they were not recorded (rows trained before they were)."""
+    for record in _committed_records():
+        for part in record["hardware"].split("; "):
+            if part.startswith("CPU"):
+                assert "family" in part and ("model" in part or "not recorded" in part), record["hardware"]
+
+
+
+def test_hardware_names_the_cpu_family_and_model(tmp_path, monkeypatch):
+    from benchmark import provenance
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n")
+    monkeypatch.setattr(provenance, "CPUINFO", info)
+    assert reproduce.hardware("cpu").startswith("CPU AMD EPYC (family 25, model 1), ")
+    monkeypatch.setattr(provenance, "CPUINFO", tmp_path / "absent")  # no /proc/cpuinfo (macOS, Windows)
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "arm")
+    assert reproduce.hardware("cpu").startswith("CPU arm (family/model unknown), ")
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "Intel64 Family 6 Model 158 Stepping 10")
+    assert provenance.cpu_model() == "Intel64 Family 6 Model 158 Stepping 10"  # Windows names them itself
+    from benchmark.reproduce_train import _run_hardware  # a session known only from an earlier run's run.json
+
+    assert _run_hardware({"cpu": "AMD EPYC (family 26, model 2)", "device": "cpu", "torch_threads": 2}) == \
+        "CPU AMD EPYC (family 26, model 2), 2 thread(s)"
+    assert _run_hardware({"cpu": "AMD EPYC", "device": "cpu", "torch_threads": 1}) == \
+        "CPU AMD EPYC (family/model not recorded), 1 thread(s)"
+
+
 def test_committed_row_matches_its_episodes_and_says_it_is_not_comparable():
     row = reproduced.read_reproduced().set_index("name").loc[ROW]
     committed = reproduce.committed_episodes(reproduce.load_protocol(ROW))["5w1s"]
