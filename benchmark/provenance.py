@@ -23,16 +23,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): figures depend on it.
+CPUINFO = Path("/proc/cpuinfo")
 
-    With its family and model numbers where ``/proc/cpuinfo`` gives them (``AMD EPYC (family 25, model
-    17)``): a virtual machine may name only the vendor's line, and hosts of one name differ in speed and
-    in float rounding.
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers: figures depend on them.
+
+    ``AMD EPYC (family 25, model 17)`` from ``/proc/cpuinfo``: a virtual machine may name only the
+    vendor's line, and hosts of one name differ in speed and in float rounding. Without them (no
+    ``/proc/cpuinfo``: what ``platform`` knows) the record says so: ``arm (family/model unknown)``;
+    Windows' processor string names them itself (``Intel64 Family 6 Model 158 ...``).
     """
     fields = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             key, _, value = line.partition(":")
             if not key.strip() and fields:
                 break  # the first processor only
@@ -40,11 +44,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     name = fields.get("model name")
-    if not name:
-        return platform.processor() or platform.machine()
-    if fields.get("cpu family") and fields.get("model"):
+    if name and fields.get("cpu family") and fields.get("model"):
         return f"{name} (family {fields['cpu family']}, model {fields['model']})"
-    return name
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    if "family" in name.lower() and "model" in name.lower():
+        return name
+    return f"{name} (family/model unknown)"
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import pandas as pd
 import torch
 
 from benchmark.config import ExperimentConfig, load_yaml, merge
-from benchmark.reproduced import GOAL_POINTS, RESULTS_DIR, read_reproduced
+from benchmark.reproduced import GOAL_POINTS, REPO, RESULTS_DIR, read_reproduced
 from benchmark.stats import mean_ci95
 from tasks.errors import BenchmarkError, suggest
 
@@ -240,8 +241,27 @@ def list_protocols(config_dir: Path = CONFIG_DIR, results_dir: Path = RESULTS_DI
     return "\n".join(lines)
 
 
+def command_data_root(data_root: str | None) -> str:
+    """``--data-root`` as a recorded command spells it: never one machine's absolute path.
+
+    A relative path stays as given (commands run from the checkout); an absolute one inside the
+    checkout or beside it (``/work/shared/data`` for a checkout ``/work/repo``) becomes relative to the
+    checkout (``../shared/data``); any other path, or none, is the placeholder ``DIR``.
+    """
+    if data_root is None:
+        return "DIR"
+    path = Path(data_root).expanduser()
+    if not path.is_absolute():
+        return os.path.normpath(data_root)
+    try:
+        relative = os.path.relpath(path, REPO)
+    except ValueError:  # another drive
+        return "DIR"
+    return relative if Path(relative).parts.count("..") <= 1 else "DIR"
+
+
 def _with_runtime(protocol: Protocol, data_root: str | None, out: str, threads: int, device: str) -> ExperimentConfig:
     overrides = {"out": out, "threads": threads, "device": device}
-    if data_root is not None:  # absolute: the run id (config hash) then does not depend on the working directory
+    if data_root is not None:  # absolute in run.json (the run id names the data by its contents, not its path)
         overrides["data_root"] = str(Path(data_root).expanduser().resolve())
     return merge(protocol.config, overrides, "reproduce")

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from benchmark.checkpoint import read_model
-from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, committed_episodes, hardware
 from benchmark.provenance import dirty_paths, head_commit
+from benchmark.reproduce import (Outcome, Protocol, _with_runtime, checkpoint_path, command_data_root,
+                                 committed_episodes, hardware)
 from benchmark.reproduce_upgrade import verify_checkpoint
 from benchmark.reproduced import RESULTS_DIR
 from benchmark.results import atomic_write_text
@@ -125,7 +126,8 @@ def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, devic
 
 
 def eval_command(protocol: Protocol, data_root: str | None, test_episodes: int | None, threads: int) -> str:
-    """The ``--eval-only`` command line recorded in a check."""
-    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {data_root or 'DIR'} --eval-only"
+    """The ``--eval-only`` command line recorded in a check (the data root as
+    :func:`~benchmark.reproduce.command_data_root` spells it)."""
+    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {command_data_root(data_root)} --eval-only"
             + (f" --test-episodes {test_episodes}" if test_episodes is not None else "")
             + (f" --threads {threads}" if threads else ""))

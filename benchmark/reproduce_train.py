@@ -25,7 +25,7 @@ import torch
 
 from benchmark import provenance, reproduced
 from benchmark.config import train_config
-from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, hardware
+from benchmark.reproduce import Outcome, Protocol, _with_runtime, checkpoint_path, command_data_root, hardware
 from benchmark.reproduced import RESULTS_DIR
 from benchmark.results import atomic_write_text, read_rows
 from tasks.errors import BenchmarkError
@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def rerun_command(protocol: Protocol, data_root: str | None, threads: int, device: str) -> str:
-    """The command that trains the protocol again with these settings."""
-    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {data_root or 'DIR'} --threads {threads}"
+    """The command that trains the protocol again with these settings (the data root as
+    :func:`~benchmark.reproduce.command_data_root` spells it)."""
+    return (f"python run_benchmark.py reproduce {protocol.name} --data-root {command_data_root(data_root)} "
+            f"--threads {threads}"
             + ("" if device == "cpu" else f" --device {device}"))
 
 
@@ -93,7 +95,7 @@ def _open_session(bench, method, device: str, dirty: list[str], path: Path) -> l
     previous = bench.run_dir / "run.json"
     if not sessions and previous.exists():  # trained before by `run` (or an older reproduce): its run.json
         run = json.loads(previous.read_text())
-        sessions.append({"git_commit": run.get("git_commit", "unknown"), "date": "", "hardware": "",
+        sessions.append({"git_commit": run.get("git_commit", "unknown"), "date": "", "hardware": _run_hardware(run),
                          "resumed_from_step": None, "trained": True, "source": "run.json",
                          "wall_time_s": run.get("methods", {}).get(method.slug, {}).get("wall_time_s")})
     finished = method.slug in finished_methods(bench.run_dir / "rows.jsonl")
@@ -106,6 +108,16 @@ def _open_session(bench, method, device: str, dirty: list[str], path: Path) -> l
                      "dirty_paths": dirty[:20]})
     atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2) + "\n")
     return sessions
+
+
+def _run_hardware(run: dict) -> str:
+    """The hardware a run.json records (its CPU, family and model, and threads; empty where unknown)."""
+    cpu = run.get("cpu")
+    if not cpu or not str(run.get("device", "cpu")).startswith("cpu"):
+        return ""
+    if "family" not in cpu.lower():  # recorded before run.json named them
+        cpu += " (family/model not recorded)"
+    return f"CPU {cpu}, {run.get('torch_threads', '?')} thread(s)"
 
 
 def read_sessions(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The run folder: its name (config hash, seeds), creating it, and setting earlier results aside."""
+"""The run folder: its name (config hash, seeds), creating it (or taking over one named under the
+earlier scheme), and setting earlier results aside."""
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,7 @@ from tasks.errors import BenchmarkError
 log = logging.getLogger(__name__)
 
 
-def config_hash(cfg: ExperimentConfig) -> str:
-    """Hash of what determines the numbers (not where they are written)."""
+def _hashed(cfg: ExperimentConfig) -> dict:
     data = to_dict(cfg)
     for key in ("out", "device", "threads", "protocol", "note"):
         data.pop(key)
@@ -26,7 +26,100 @@ def config_hash(cfg: ExperimentConfig) -> str:
         data["train"].pop(key)                                         # not what is computed: other runs keep their ids
     # plugin sources and changed learner defaults, only when present: other runs keep their ids
     data.update(code_identity(list(cfg.learners) + [m.split(":")[0] for m in cfg.methods]))
+    return data
+
+
+def _digest(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def config_hash(cfg: ExperimentConfig, data_fingerprint: str | None = None) -> str:
+    """Hash of what determines the numbers: not where they are written, nor where the data sits.
+
+    A config without a data root (the built-in ``shapes``) is hashed as it always was. With a data
+    root, the data is named by its contents, ``data_fingerprint`` (:meth:`FewShotDataset.fingerprint`),
+    instead of its path: the same data under another path, or on another machine, gives the same id.
+
+    Raises:
+        ValueError: a config with a data root and no ``data_fingerprint``.
+    """
+    data = _hashed(cfg)
+    if cfg.data_root is not None:
+        if data_fingerprint is None:
+            raise ValueError("a config with a data_root is named by its data's contents: pass the dataset's "
+                             "fingerprint (Benchmark(cfg).run_id loads the dataset for it)")
+        data["data_root"] = {"fingerprint": data_fingerprint}
+    return _digest(data)
+
+
+def run_id(cfg: ExperimentConfig, data_fingerprint: str | None = None) -> str:
+    """``<dataset>-seed<seed>-<config hash>`` (see :func:`config_hash`)."""
+    return f"{cfg.dataset}-seed{cfg.seed}-{config_hash(cfg, data_fingerprint)}"
+
+
+def legacy_run_ids(cfg: ExperimentConfig) -> list[str]:
+    """The ids the earlier scheme gave this config, with the data root's path in the hash: the path as
+    given and made absolute (as ``reproduce`` and sweeps did). Empty without a data root (unchanged ids)."""
+    if cfg.data_root is None:
+        return []
+    data = _hashed(cfg)
+    roots = [cfg.data_root, str(Path(cfg.data_root).expanduser().resolve())]
+    return list(dict.fromkeys(f"{cfg.dataset}-seed{cfg.seed}-{_digest({**data, 'data_root': r})}" for r in roots))
+
+
+def adopt_legacy_folder(out: str, run_id: str, legacy_ids: list[str]) -> Path:
+    """The run folder of ``run_id`` under ``out``, taking over one named under the earlier scheme.
+
+    When ``out/run_id`` does not exist but a folder of a :func:`legacy_run_ids` id does (an unfinished
+    training begun before run ids named the data by its contents), that folder is renamed to
+    ``run_id`` and its rows take the new id, so the run resumes there. A folder that another process
+    is writing (it holds the run lock) is used in place, under its earlier name. Returns the folder to use.
+    """
+    from benchmark.checkpoint import RunLock
+
+    target = Path(out) / run_id
+    if target.exists():
+        return target
+    for old_id in legacy_ids:
+        old = Path(out) / old_id
+        if old_id == run_id or not old.is_dir():
+            continue
+        try:
+            lock = RunLock(old).acquire()
+        except BenchmarkError:
+            log.warning("run folder %s was named under the earlier run-id scheme (the data root's path in the "
+                        "hash; now the data's contents: %s) and another process is writing it: using it in place",
+                        old, run_id)
+            return old
+        try:
+            os.rename(old, target)
+            _rename_rows(target / "rows.jsonl", old_id, run_id)
+        except OSError as err:
+            raise BenchmarkError(f"cannot rename the run folder {old} to {target}: {err}") from None
+        finally:
+            lock.release()
+        log.info("run folder %s was named under the earlier run-id scheme (the data root's path in the hash); "
+                 "renamed to %s (the data's contents name the run now)", old, target)
+        return target
+    return target
+
+
+def _rename_rows(path: Path, old_id: str, new_id: str) -> None:
+    """Give the rows of a renamed run folder the run's new id (so they pair with its later rows)."""
+    if not path.exists():
+        return
+    from benchmark.results import atomic_write_text
+
+    lines = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a partial line left by a kill: readers skip it
+            continue
+        if row.get("run_id") == old_id:
+            row["run_id"] = new_id
+        lines.append(json.dumps(row, sort_keys=True) + "\n")
+    atomic_write_text(path, "".join(lines))
 
 
 def seeds(seed: int) -> dict[str, int]:

@@ -21,7 +21,8 @@ from benchmark.provenance import resolve_device
 from benchmark.plugins import LOADED as PLUGINS
 from benchmark.results import episode_rows, previous_method_records, run_record, write_run_record
 from benchmark.rowcheck import RowsCheck, check_rows, describe_rows, recorded_rows, replace_rows, set_aside_damaged
-from benchmark.rundir import config_hash, prepare_output, seeds, set_aside_previous
+from benchmark.rundir import config_hash  # noqa: F401  (where callers have found it)
+from benchmark.rundir import adopt_legacy_folder, legacy_run_ids, prepare_output, run_id, seeds, set_aside_previous
 from benchmark.runtime import keep_freed_memory
 from benchmark.tablewrite import write_summary, write_tables
 from benchmark.trainlog import TrainLog
@@ -69,7 +70,9 @@ class Benchmark:
     :attr:`test_manifests` give what a run would use.
     """
 
-    def __init__(self, cfg: ExperimentConfig, resume: bool = True) -> None:
+    def __init__(self, cfg: ExperimentConfig, resume: bool = True, dataset: FewShotDataset | None = None) -> None:
+        """With a data root, the dataset is loaded here (or ``dataset`` is used): its contents name the
+        run (:func:`benchmark.rundir.config_hash`), and :meth:`prepare` uses it without loading it again."""
         self.cfg = cfg.validate()
         self.resume = resume  # continue from training checkpoints of an unfinished run (else start over)
         check_names(cfg)
@@ -81,12 +84,15 @@ class Benchmark:
                                    parse_modalities(cfg.eval.query_modalities, "eval.query_modalities"))
         self.device = resolve_device(cfg.device)
         self.seeds = seeds(cfg.seed)
-        self.run_id = f"{cfg.dataset}-seed{cfg.seed}-{config_hash(cfg)}"
-        self.run_dir = prepare_output(cfg.out, self.run_id)
+        self.dataset: FewShotDataset | None = dataset
+        if cfg.data_root is not None and dataset is None:  # loaded once: for the id, then by prepare()
+            self.dataset = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        self._id_fingerprint = self.dataset.fingerprint() if cfg.data_root is not None else None
+        self.run_id = run_id(cfg, self._id_fingerprint)
+        self.run_dir = prepare_output(cfg.out, adopt_legacy_folder(cfg.out, self.run_id, legacy_run_ids(cfg)).name)
         self.manifest_dir = Path(cfg.out) / "manifests"
         # built by prepare():
         self.prepared = False
-        self.dataset: FewShotDataset | None = None
         self.samplers: dict[str, EpisodeSampler] = {}  # training episodes per learner
         self.val_manifest: EpisodeManifest | None = None
         self.test_manifests: dict[tuple[int, int], tuple[EpisodeManifest, Path]] = {}  # (way, shot) -> (manifest, file)
@@ -107,8 +113,11 @@ class Benchmark:
         if self.prepared:
             return self
         cfg = self.cfg
+        if dataset is not None and self._id_fingerprint not in (None, dataset.fingerprint()):
+            raise BenchmarkError(f"run {self.run_id} is named by the contents of the data under {cfg.data_root}; "
+                                 f"the dataset given to prepare() has other contents: pass it to Benchmark() instead")
         if dataset is None:
-            dataset = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+            dataset = self.dataset or load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
         self.dataset = dataset
         self.methods, self.setting = fit_to_captions(self.methods, self.setting, self.dataset, cfg.dataset)
         for learner in dict.fromkeys(m.learner for m in self.methods):  # built now: impossible episodes fail early

@@ -24,7 +24,8 @@ error and wall time).
 
 Resume: a cell whose run folder already holds its rows is finished and never run again; an
 unfinished cell resumes from its training checkpoint. A failed cell is recorded with its error and
-the others go on.
+the others go on. A dataset with a data root is loaded once when the sweep is read: its contents
+(fingerprint), not its path, name its cells' run folders.
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
     Raises:
         BenchmarkError: unknown keys, empty lists, unknown names or bad values (named with the file).
     """
-    from benchmark.rundir import config_hash
+    from benchmark.rundir import adopt_legacy_folder, legacy_run_ids, run_id
+    from tasks.datasets import load_dataset
 
     path = Path(path)
     spec = load_yaml(path)
@@ -119,11 +121,16 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
         methods = expand_methods(cfg)
         if not methods:
             raise BenchmarkError(f"{where}: no method to run on {dataset!r}; check learners, modalities, fusions")
+        # with a data root, the data's contents name the runs (loaded once per dataset here, as each cell will)
+        fingerprint = None if cfg.data_root is None else load_dataset(
+            cfg.dataset, cfg.data_root, **cfg.dataset_options).fingerprint()
         for method in methods:
             for shot in _list(spec, "shots", where, cfg.eval.shots):
                 for seed in _list(spec, "seeds", where, [cfg.seed]):
                     cell = _cell_config(cfg, method, shot, seed, root, bool(spec.get("match_train_shot")), where)
-                    run_dir = root / f"{cell.dataset}-seed{cell.seed}-{config_hash(cell)}"
+                    cell_id = run_id(cell, fingerprint)
+                    run_dir = adopt_legacy_folder(str(root), cell_id, legacy_run_ids(cell)) if root.is_dir() \
+                        else root / cell_id
                     sweep.cells.append(Cell(f"{dataset}/{method.slug}/{shot}s/seed{seed}", to_dict(cell), run_dir))
     return sweep
 

@@ -69,7 +69,20 @@ def test_protonet_models_give_two_rows_each_and_keep_their_run_id():
         assert not protocol.comparable and any("20,000" in d for d in protocol.deviations)
     cfg = reproduce.load_protocol("omniglot_protonet_1shot").config
     assert config_hash(cfg) == config_hash(merge(cfg, {"protocol": {}}, "test"))
-    assert config_hash(merge(cfg, {"data_root": "/work/shared/data"}, "test")) == "5dbddf6a97"
+    fingerprint = "0" * 64  # with a data root, the data's contents name the run
+    assert config_hash(merge(cfg, {"data_root": "/work/shared/data"}, "test"), fingerprint) == \
+        config_hash(merge(cfg, {"data_root": "/work/shared/data", "protocol": {}}, "test"), fingerprint)
+
+
+def test_trainings_begun_under_the_earlier_run_ids_are_found():
+    """Run folders named when the id hashed the absolute data root (``reproduce`` made it absolute):
+    the long MAML training of results/training/omniglot-seed0-c13d3647b4 resumes under the new id."""
+    from benchmark.rundir import legacy_run_ids
+
+    for name, old in (("omniglot_protonet_1shot", "omniglot-seed0-5dbddf6a97"),
+                      ("omniglot_maml_5w1s_cbfinn", "omniglot-seed0-c13d3647b4")):
+        cfg = reproduce._with_runtime(reproduce.load_protocol(name), "/work/shared/data", "results/training", 2, "cpu")
+        assert old in legacy_run_ids(cfg)
 
 
 @pytest.mark.parametrize("name", ["omniglot_maml_5w1s", "omniglot_maml_20w1s", "omniglot_fomaml_5w1s"])
@@ -93,6 +106,63 @@ def test_readme_is_regenerated_byte_for_byte():
     assert top == reproduced.with_summary(top, table)  # the top README's table is the generated one
     for name in table["name"]:
         assert f"`{name}`" in top
+
+
+def _committed_records() -> list[dict]:
+    """Every committed reproduction record: the rows of reproduced.csv and the eval-only checks."""
+    rows = reproduced.read_reproduced().to_dict("records")
+    return rows + [json.loads(p.read_text()) for p in sorted((REPO / "results" / "checks").glob("*.json"))]
+
+
+def test_committed_commands_hold_no_absolute_path():
+    """A row's command reruns it in any checkout: the data root as a path relative to the checkout."""
+    for record in _committed_records():
+        words = record["command"].split()
+        root = words[words.index("--data-root") + 1]
+        assert not root.startswith(("/", "~")) and "/work/" not in record["command"], record["command"]
+
+
+def test_recorded_commands_spell_the_data_root_without_a_machines_absolute_path():
+    from benchmark.reproduce_eval import eval_command
+    from benchmark.reproduce_train import rerun_command
+
+    protocol = reproduce.load_protocol(ROW)
+    for data_root, shown in (("../shared/data", "../shared/data"), ("data/./omniglot/", "data/omniglot"),
+                             (str(REPO.parent / "shared" / "data"), "../shared/data"),  # beside the checkout
+                             (str(REPO / "data"), "data"), ("/mnt/somewhere/data", "DIR"), (None, "DIR")):
+        for command in (rerun_command(protocol, data_root, 2, "cpu"), eval_command(protocol, data_root, None, 2)):
+            assert f" --data-root {shown} " in command, (data_root, command)
+
+
+def test_committed_hardware_names_the_cpu_family_and_model():
+    """Hosts named "AMD EPYC" differ 2x in speed and in rounding: every CPU record names family and model,
+    or says that they were not recorded (rows trained before they were)."""
+    for record in _committed_records():
+        for part in record["hardware"].split("; "):
+            if part.startswith("CPU"):
+                assert "family" in part and ("model" in part or "not recorded" in part), record["hardware"]
+
+
+
+def test_hardware_names_the_cpu_family_and_model(tmp_path, monkeypatch):
+    from benchmark import provenance
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n")
+    monkeypatch.setattr(provenance, "CPUINFO", info)
+    assert reproduce.hardware("cpu").startswith("CPU AMD EPYC (family 25, model 1), ")
+    monkeypatch.setattr(provenance, "CPUINFO", tmp_path / "absent")  # no /proc/cpuinfo (macOS, Windows)
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "arm")
+    assert reproduce.hardware("cpu").startswith("CPU arm (family/model unknown), ")
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "Intel64 Family 6 Model 158 Stepping 10")
+    assert provenance.cpu_model() == "Intel64 Family 6 Model 158 Stepping 10"  # Windows names them itself
+    from benchmark.reproduce_train import _run_hardware  # a session known only from an earlier run's run.json
+
+    assert _run_hardware({"cpu": "AMD EPYC (family 26, model 2)", "device": "cpu", "torch_threads": 2}) == \
+        "CPU AMD EPYC (family 26, model 2), 2 thread(s)"
+    assert _run_hardware({"cpu": "AMD EPYC", "device": "cpu", "torch_threads": 1}) == \
+        "CPU AMD EPYC (family/model not recorded), 1 thread(s)"
 
 
 def test_committed_row_matches_its_episodes_and_says_it_is_not_comparable():

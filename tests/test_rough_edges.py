@@ -19,10 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_plain_config_keeps_its_run_id():
-    """Covering plugins in the run id leaves runs without plugins where they were."""
+    """Covering plugins in the run id leaves runs without plugins where they were. (With a data root the
+    data's contents name a run now; the earlier id, by which an unfinished run is found, is unchanged.)"""
+    from benchmark.rundir import legacy_run_ids
+
     cfg = config_from_args(build_parser().parse_args(
         ["run", "--config", "benchmark/configs/omniglot_protonet_1shot.yaml", "--data-root", "/work/shared/data"]))
-    assert config_hash(cfg) == "5dbddf6a97"
+    assert legacy_run_ids(cfg) == ["omniglot-seed0-5dbddf6a97"]
+    with pytest.raises(ValueError, match="fingerprint"):
+        config_hash(cfg)  # the path alone no longer names the run
 
 
 def test_default_suite_keeps_its_run_id():
@@ -106,15 +111,24 @@ def test_help_examples_name_files_that_exist():
         assert (REPO / path).exists(), path
 
 
-def test_failed_run_records_its_error(tmp_path):
-    cfg = merge(ExperimentConfig(), {"dataset": "omniglot", "data_root": str(tmp_path / "nowhere"),
-                                     "modalities": ["image"], "out": str(tmp_path)}, "test")
-    bench = Benchmark(cfg)
+def test_failed_run_records_its_error(tmp_path, tiny_dataset):
+    cfg = merge(ExperimentConfig(), {"modalities": ["image"], "learners": ["protonet"], "out": str(tmp_path),
+                                     "eval": {"ways": [30]}}, "test")  # more ways than the 10 test classes
+    bench = Benchmark(cfg, dataset=tiny_dataset)
     with pytest.raises(BenchmarkError):
         bench.run()
     record = json.loads((bench.run_dir / "run.json").read_text())
-    assert record["status"] == "failed" and "omniglot" in record["error"] and "BenchmarkError" in record["error"]
+    assert record["status"] == "failed" and "--ways" in record["error"] and "BenchmarkError" in record["error"]
     assert record["plugins"] == {}
+
+
+def test_missing_data_fails_before_any_run_folder(tmp_path):
+    """Its contents name a run with a data root: without the data there is no run (nor a folder) to record."""
+    cfg = merge(ExperimentConfig(), {"dataset": "omniglot", "data_root": str(tmp_path / "nowhere"),
+                                     "modalities": ["image"], "out": str(tmp_path / "runs")}, "test")
+    with pytest.raises(BenchmarkError, match="omniglot"):
+        Benchmark(cfg)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_manifests_of_two_datasets_never_collide(tmp_path, tiny_dataset):
