@@ -40,6 +40,7 @@ class Episodes:
         in_training: per spec, whether any of its classes was a training class of the checkpoint.
         source_sha256: sha256 of the episode file or of the sampled manifest.
         name: a short name of the source (for the ``dataset`` column).
+        seed: the seed that drew sampled episodes; ``None`` for an episode file.
     """
 
     dataset: FewShotDataset
@@ -49,6 +50,7 @@ class Episodes:
     in_training: list[bool]
     source_sha256: str
     name: str
+    seed: int | None = None
 
 
 def training_flags(specs: list[EpisodeSpec], class_names: list[str], meta: dict) -> list[bool]:

@@ -109,6 +109,30 @@ def test_sampled_episodes_are_the_runs_test_manifest(omniglot_learner):
 
 
 @needs_omniglot
+def test_evaluate_seed_is_recorded_in_rows_summary_and_run_json(episode_file, tmp_path, capsys):
+    """`evaluate --seed 7` records 7, the seed that drew its episodes, in every row, in summary.csv and
+    in run.json (it used to write the checkpoint's seed, 0); without --seed, the checkpoint's run seed."""
+    args = ["evaluate", "--checkpoint", str(BARE), "--config", str(CONFIG), "--data-root", str(SHARED),
+            "--ways", "5", "--shots", "1", "--test-episodes", "2", "--threads", "1"]
+    shas = {}
+    for seed in ("7", None):
+        out = tmp_path / f"seed{seed}"
+        assert main(args + ["--out", str(out)] + (["--seed", seed] if seed else [])) == 0, capsys.readouterr().err
+        (run_dir,) = list(out.iterdir())
+        expected = 7 if seed else 0  # the bare checkpoint's config trained with seed 0
+        rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
+        assert {r["seed"] for r in rows} == {expected}
+        assert set(pd.read_csv(run_dir / "summary.csv")["seed"]) == {expected}
+        record = json.loads((run_dir / "run.json").read_text())
+        assert [e["seed"] for e in record["episodes"]] == [expected] and record["model"]["seed"] == 0
+        shas[seed] = record["episodes"][0]["sha256"]
+    assert shas["7"] != shas[None]  # another seed, other episodes
+    # a file's episodes are not drawn: a seed with them is refused, not silently ignored
+    assert main(args[:7] + ["--episodes", str(episode_file), "--seed", "7", "--out", str(tmp_path / "f")]) == 2
+    assert "seed (--seed) only apply to sampled episodes" in capsys.readouterr().err
+
+
+@needs_omniglot
 def test_upgrade_writes_a_self_describing_copy(omniglot_learner, episode_file, tmp_path, capsys):
     new = tmp_path / "upgraded.pt"
     assert main(["upgrade-checkpoint", str(BARE), "--config", str(CONFIG), "--data-root", str(SHARED),
