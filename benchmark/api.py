@@ -127,7 +127,9 @@ def evaluate(learner: Learner | str | Path, episodes: str | Path | EpisodeFile |
 def _rows(meta: dict, eps: Episodes, metrics: dict) -> list[dict]:
     """Per-episode rows in the format of ``rows.jsonl`` (plus the training-class flag and the episode id).
 
-    ``seed`` is the seed that drew the episodes; episodes of a file were not drawn, and their rows
+    ``n_query`` is the number of queries per class when every class of every episode holds the same
+    number, else ``None`` for all episodes of the source (one summary row per way and shot);
+    ``n_queries`` is each episode's total. ``seed`` is the seed that drew the episodes; episodes of a file were not drawn, and their rows
     carry the checkpoint's run seed (run.json says ``"seed": null`` for such a source).
     """
     from benchmark.metrics import SCHEMA_VERSION
@@ -140,9 +142,11 @@ def _rows(meta: dict, eps: Episodes, metrics: dict) -> list[dict]:
               "dataset": eps.name, "seed": meta.get("seed", 0) if eps.seed is None else eps.seed,
               "manifest_sha256": eps.source_sha256}
     rows = []
+    regular = all(spec.n_query is not None for spec in eps.specs)
     for k, spec in enumerate(eps.specs):
         for name, values in metrics.items():
-            rows.append({**common, "n_way": spec.n_way, "n_shot": spec.n_shot, "n_query": spec.n_query,
+            rows.append({**common, "n_way": spec.n_way, "n_shot": spec.n_shot,
+                         "n_query": spec.n_query if regular else None, "n_queries": spec.n_queries,
                          "episode": k, "episode_id": eps.ids[k], "in_training_classes": eps.in_training[k],
                          "metric": name, "value": float(values[k])})
     return rows

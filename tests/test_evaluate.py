@@ -68,6 +68,57 @@ def test_evaluate_episode_file_end_to_end(episode_file, tmp_path, capsys, caplog
     assert (run_dir / "summary.md").exists()
 
 
+MAML = REPO / "results" / "checkpoints" / "omniglot_maml_5w1s.pt"
+MAML_CONFIG = REPO / "benchmark" / "configs" / "omniglot_maml_5w1s.yaml"
+
+
+def _rows_by_episode(run_dir: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
+    return {r["episode_id"]: r for r in rows if r["metric"] == "accuracy"}
+
+
+@needs_omniglot
+def test_single_query_trials_evaluate_end_to_end(tmp_path, capsys, caplog):
+    """20-way one-shot trials with one query each (19 classes without a query) evaluate: one row per
+    trial, its accuracy 0 or 1 as its one prediction; so do episodes whose classes hold 2, 1 or 0
+    queries (accuracy: the fraction of the episode's queries that are right), also for MAML (5-way;
+    episodes with as many queries, however spread over classes, are adapted together)."""
+    test = split_characters("test")
+    trials = write_episodes(tmp_path / "trials.json", SHARED, [test[20 * k:20 * k + 20] for k in range(4)], shot=1,
+                            queries_per_class=[[int(i == k) for i in range(20)] for k in range(4)])
+    trials5 = write_episodes(tmp_path / "trials5.json", SHARED, [test[5 * k:5 * k + 5] for k in range(3)], shot=1,
+                             queries_per_class=[[int(i == k) for i in range(5)] for k in range(3)])
+    mixed = write_episodes(tmp_path / "mixed.json", SHARED, [test[:5], test[5:10], test[10:15]], shot=1,
+                           queries_per_class=[[2, 1, 0, 0, 1], [0, 0, 3, 0, 1], [1, 1, 1, 1, 0]])
+    for checkpoint, config, episodes, n_queries in ((BARE, CONFIG, trials, [1, 1, 1, 1]),
+                                                    (BARE, CONFIG, mixed, [4, 4, 4]),
+                                                    (MAML, MAML_CONFIG, trials5, [1, 1, 1]),
+                                                    (MAML, MAML_CONFIG, mixed, [4, 4, 4])):
+        out = tmp_path / f"{checkpoint.stem}-{episodes.stem}"
+        code = main(["evaluate", "--checkpoint", str(checkpoint), "--config", str(config), "--data-root", str(SHARED),
+                     "--episodes", str(episodes), "--out", str(out), "--threads", "1"])
+        assert code == 0, capsys.readouterr().err
+        (run_dir,) = list(out.iterdir())
+        preds = pd.read_csv(run_dir / "predictions.csv")
+        assert preds.groupby("episode", sort=False).size().tolist() == n_queries
+        spec = json.loads(episodes.read_text())["episodes"]
+        for episode in spec:  # every query is named with its own label, predictions among the episode's classes
+            mine = preds[preds["episode"] == episode["id"]]
+            assert dict(zip(mine["item"], mine["label"])) == {f: c for c, fs in episode["query"].items() for f in fs}
+            assert set(mine["prediction"]) <= set(episode["support"])
+        rows = _rows_by_episode(run_dir)
+        accuracy = preds.groupby("episode")["correct"].mean().to_dict()  # the right fraction of its queries
+        assert {k: r["value"] for k, r in rows.items()} == pytest.approx(accuracy)
+        assert [(r["n_way"], r["n_shot"], r["n_queries"]) for r in rows.values()] == [
+            (len(e["support"]), 1, n) for e, n in zip(spec, n_queries)]
+        assert all(r["n_query"] is None for r in rows.values())  # queries per class: not one number
+        summary = pd.read_csv(run_dir / "summary.csv")  # one row: the source's episodes together
+        assert len(summary) == 1 and summary["n_episodes"].item() == len(spec)
+        assert ("is transductive" in caplog.text) == (checkpoint == MAML)
+        caplog.clear()
+    capsys.readouterr()
+
+
 @needs_omniglot
 def test_files_and_dataset_indices_give_the_same_predictions(omniglot_learner, episode_file, tmp_path):
     """Image files decoded with the checkpoint's preprocessing equal the dataset's own items."""
