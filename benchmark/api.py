@@ -70,7 +70,7 @@ def sample_episodes(meta: dict, dataset: FewShotDataset, way: int, shot: int, qu
     manifest = EpisodeManifest.generate(dataset, split, way, shot, query, n_episodes, seeds(seed)["manifest"])
     specs = list(manifest.episodes)
     return Episodes(dataset, specs, [str(i) for i in range(len(dataset.labels))], [str(s.episode_id) for s in specs],
-                    training_flags(specs, dataset.class_names, meta), manifest.sha256, dataset.name)
+                    training_flags(specs, dataset.class_names, meta), manifest.sha256, dataset.name, seed)
 
 
 def evaluate(learner: Learner | str | Path, episodes: str | Path | EpisodeFile | None = None,
@@ -94,33 +94,44 @@ def evaluate(learner: Learner | str | Path, episodes: str | Path | EpisodeFile |
         raise BenchmarkError("evaluate() takes a learner from load_learner() (it carries the preprocessing)")
     meta = learner.benchmark_info.meta
     cfg_eval = meta.get("config", {}).get("eval", {})
-    batches: list[tuple[Episodes, int, int]] = []
+    batches: list[Episodes] = []
     if episodes is not None:
+        given = [f"{name} (--{flag})" for name, flag, value in (
+            ("ways", "ways", ways), ("shots", "shots", shots), ("query", "queries", query),
+            ("n_episodes", "test-episodes", n_episodes), ("seed", "seed", seed)) if value is not None]
+        if given:
+            raise BenchmarkError(f"{', '.join(given)} only apply to sampled episodes, and the episode file {episodes} "
+                                 "fixes its episodes: leave them out, or leave out the file to sample episodes")
         source = episodes if isinstance(episodes, EpisodeFile) else read_episodes(episodes)
 
         data = _dataset(meta, dataset, data_root, dataset_options) if source.by_index else None
-        batches.append((episodes_from_file(source, meta, data), 0, 0))
+        batches.append(episodes_from_file(source, meta, data))
     else:
         data = _dataset(meta, dataset, data_root, dataset_options)
         for way in ways or cfg_eval.get("ways", [5]):
             for shot in shots or cfg_eval.get("shots", [1]):
-                batches.append((sample_episodes(meta, data, way, shot, query or cfg_eval.get("query", 15),
-                                                n_episodes or cfg_eval.get("episodes", 600),
-                                                meta.get("seed", 0) if seed is None else seed), way, shot))
+                batches.append(sample_episodes(meta, data, way, shot, query or cfg_eval.get("query", 15),
+                                               n_episodes or cfg_eval.get("episodes", 600),
+                                               meta.get("seed", 0) if seed is None else seed))
     frames, rows = [], []
-    for eps, way, shot in batches:
+    for eps in batches:
         preds, metrics = predict(learner, eps, device)
         frames.append(preds)
         rows += _rows(meta, eps, metrics)
     predictions = pd.concat(frames, ignore_index=True)
     if out is not None:
-        predictions.attrs["run_dir"] = str(write_evaluation(Path(out), learner, predictions, rows,
-                                                            [b[0] for b in batches]))
+        predictions.attrs["run_dir"] = str(write_evaluation(Path(out), learner, predictions, rows, batches))
     return predictions
 
 
 def _rows(meta: dict, eps: Episodes, metrics: dict) -> list[dict]:
-    """Per-episode rows in the format of ``rows.jsonl`` (plus the training-class flag and the episode id)."""
+    """Per-episode rows in the format of ``rows.jsonl`` (plus the training-class flag and the episode id).
+
+    ``n_query`` is the number of queries per class when every class of every episode holds the same
+    number, else ``None`` for all episodes of the source (one summary row per way and shot);
+    ``n_queries`` is each episode's total. ``seed`` is the seed that drew the episodes; episodes of a file were not drawn, and their rows
+    carry the checkpoint's run seed (run.json says ``"seed": null`` for such a source).
+    """
     from benchmark.metrics import SCHEMA_VERSION
     from benchmark.tables import method_setting
 
@@ -128,11 +139,14 @@ def _rows(meta: dict, eps: Episodes, metrics: dict) -> list[dict]:
     common = {"learner": meta["learner"], "fusion": meta["fusion"] or "none", "modalities": "+".join(meta["modalities"]),
               "setting": method_setting(tuple(setting["support"]), tuple(setting["query"]), tuple(meta["modalities"])),
               "schema_version": SCHEMA_VERSION,
-              "dataset": eps.name, "seed": meta.get("seed", 0), "manifest_sha256": eps.source_sha256}
+              "dataset": eps.name, "seed": meta.get("seed", 0) if eps.seed is None else eps.seed,
+              "manifest_sha256": eps.source_sha256}
     rows = []
+    regular = all(spec.n_query is not None for spec in eps.specs)
     for k, spec in enumerate(eps.specs):
         for name, values in metrics.items():
-            rows.append({**common, "n_way": spec.n_way, "n_shot": spec.n_shot, "n_query": spec.n_query,
+            rows.append({**common, "n_way": spec.n_way, "n_shot": spec.n_shot,
+                         "n_query": spec.n_query if regular else None, "n_queries": spec.n_queries,
                          "episode": k, "episode_id": eps.ids[k], "in_training_classes": eps.in_training[k],
                          "metric": name, "value": float(values[k])})
     return rows
@@ -159,7 +173,7 @@ def write_evaluation(out: Path, learner: Learner, predictions: pd.DataFrame, row
     meta["dataset"] = {k: v for k, v in meta["dataset"].items() if not k.endswith("classes") and k != "train_class_ids"}
     record = {"run_id": run_id, "status": "finished", "kind": "evaluate", "checkpoint": str(info.path),
               "checkpoint_sha256": weights, "bare_checkpoint": info.bare, "model": meta,
-              "episodes": [{"source": s.name, "sha256": s.source_sha256, "n_episodes": len(s.specs),
+              "episodes": [{"source": s.name, "sha256": s.source_sha256, "seed": s.seed, "n_episodes": len(s.specs),
                             "in_training_classes": int(sum(s.in_training))} for s in sources],
               "git_commit": git_commit(), "packages": package_versions(), "host": platform.node(), "cpu": cpu_model(),
               "torch_threads": torch.get_num_threads()}

@@ -11,6 +11,8 @@ where each side may also be a list of ``{"item": ..., "label": ...}``; and CSV w
 ``episode, set, item, label`` (``set`` is ``support`` or ``query``), one row per item. An item is
 an image file path (relative to ``root``) or an integer index into the checkpoint's dataset;
 one file uses one kind. Classes keep the order of their first support item, which is their label.
+Every class has the same number of support items; query counts may differ per class, and a class
+may have none (e.g. 20-way one-shot trials with a single query), as long as the episode has a query.
 """
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ def read_episodes(path: str | Path) -> EpisodeFile:
 
     Raises:
         BenchmarkError: a missing or malformed file, missing keys or columns, mixed item kinds, a query
-            class that has no support items, unequal support or query counts per class, an item in both
-            sides, or an image file that does not exist (each message names the file and the episode).
+            class that has no support items, unequal support counts per class, an episode without
+            query items, an item in both sides, or an image file that does not exist (each message
+            names the file and the episode).
     """
     path = Path(path)
     if not path.is_file():
@@ -106,6 +109,10 @@ def _read_json(path: Path) -> tuple[Path, list]:
         for side in SIDES:
             value = ep[side]
             if isinstance(value, dict):
+                empty = [label for label, items in value.items() if items == []]
+                if side == "support" and empty:
+                    raise BenchmarkError(f"{where}: class(es) {empty[:5]} have no support items: give each class "
+                                         "at least one (a class may have no query items)")
                 pairs = [(_item(it, where), str(label)) for label, items in value.items()
                          for it in (items if isinstance(items, list) else [items])]
             elif isinstance(value, list) and all(isinstance(v, dict) and {"item", "label"} <= set(v) for v in value):
@@ -151,20 +158,20 @@ def _episode(path: Path, root: Path, eid: str, sides: dict, by_index: bool) -> F
         raise BenchmarkError(f"{where}: needs support items of at least 2 classes, has {classes}")
     unknown = sorted({label for _, label in sides["query"]} - set(classes))
     if unknown:
-        raise BenchmarkError(f"{where}: unknown class(es) {unknown} in the query: not among its support "
-                             f"classes {classes[:10]}")
+        raise BenchmarkError(f"{where}: class(es) {unknown} of the query have no support items (the support "
+                             f"classes are {classes[:10]}): give each class at least one support item")
     grouped = {}
     for side in SIDES:
         items = {c: [] for c in classes}
         for item, label in sides[side]:
             items[label].append(item if by_index else _file(root, item, f"{where}, {side} item of class {label!r}"))
         counts = {c: len(v) for c, v in items.items()}
-        if len(set(counts.values())) > 1:
+        if side == "support" and len(set(counts.values())) > 1:
             shown = ", ".join(f"{c!r}: {n}" for c, n in list(counts.items())[:6])
-            raise BenchmarkError(f"{where}: unequal {side} counts per class ({shown}); the learners take "
-                                 f"N-way K-shot episodes with the same number of {side} items for every class")
-        if side == "query" and 0 in counts.values():
-            raise BenchmarkError(f"{where}: has no query items")
+            raise BenchmarkError(f"{where}: unequal support counts per class ({shown}); the learners take "
+                                 "N-way K-shot episodes: give every class the same number of support items")
+        if side == "query" and not any(counts.values()):
+            raise BenchmarkError(f"{where}: has no query items: give at least one (classes may have none)")
         grouped[side] = tuple(tuple(items[c]) for c in classes)
     both = {i for row in grouped["support"] for i in row} & {i for row in grouped["query"] for i in row}
     if both:

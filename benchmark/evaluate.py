@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from benchmark.metrics import METRICS, compute_metrics
 from learners.base import EMBEDDING, Learner
-from tasks.episode import Episode, EpisodeLoader, EpisodeSpec
+from tasks.episode import Episode, EpisodeLoader, EpisodeSpec, flat_items
 from tasks.sampler import EpisodeManifest
 
 
@@ -32,7 +32,7 @@ class EmbeddedEpisodes:
         tables = ({"support": ("support", "query")} if setting.support == setting.query
                   else {"support": ("support",), "query": ("query",)})
         for side, sides in tables.items():
-            items = np.unique(np.concatenate([np.ravel(getattr(e, s)) for e in manifest.episodes for s in sides]))
+            items = np.unique(np.concatenate([flat_items(getattr(e, s)) for e in manifest.episodes for s in sides]))
             modalities = getattr(setting, side)
             feats = []
             with torch.inference_mode():
@@ -43,9 +43,9 @@ class EmbeddedEpisodes:
             self.tables[side] = (items, torch.cat(feats).clone())
         self.tables.setdefault("query", self.tables["support"])
 
-    def _lookup(self, side: str, items) -> dict[str, Tensor]:
+    def _lookup(self, side: str, rows: tuple[tuple[int, ...], ...]) -> dict[str, Tensor]:
         index, feats = self.tables[side]
-        return {EMBEDDING: feats[torch.as_tensor(np.searchsorted(index, np.ravel(items)))]}
+        return {EMBEDDING: feats[torch.as_tensor(np.searchsorted(index, flat_items(rows)))]}
 
     def load(self, spec: EpisodeSpec) -> Episode:
         episode = self.loader.load_labels(spec)

@@ -22,7 +22,7 @@ from benchmark.evaluate import EmbeddedEpisodes, _eager
 from learners import Learner
 from tasks.datasets import FewShotDataset
 from tasks.datasets.imagecache import decode_image
-from tasks.episode import EpisodeLoader, EpisodeSpec, TaskSetting
+from tasks.episode import EpisodeLoader, EpisodeSpec, TaskSetting, flat_items
 from tasks.errors import BenchmarkError, UnsupportedSetting
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class Episodes:
         in_training: per spec, whether any of its classes was a training class of the checkpoint.
         source_sha256: sha256 of the episode file or of the sampled manifest.
         name: a short name of the source (for the ``dataset`` column).
+        seed: the seed that drew sampled episodes; ``None`` for an episode file.
     """
 
     dataset: FewShotDataset
@@ -49,6 +50,7 @@ class Episodes:
     in_training: list[bool]
     source_sha256: str
     name: str
+    seed: int | None = None
 
 
 def training_flags(specs: list[EpisodeSpec], class_names: list[str], meta: dict) -> list[bool]:
@@ -141,6 +143,17 @@ def make_loader(learner: Learner, dataset: FewShotDataset, device: torch.device)
                          image_features=features)
 
 
+def _warn_transductive(learner: Learner, specs: list[EpisodeSpec]) -> None:
+    """Warn when a learner that predicts from query-batch statistics gets queries unequally spread over classes."""
+    uneven = sum(s.n_query is None for s in specs)
+    if learner.transductive and uneven:
+        log.warning("%d of %d episodes hold unequal query counts per class (e.g. single-query trials); learner %r is "
+                    "transductive (batch norm on the query batch: batch_norm=transductive), so its predictions "
+                    "depend on which queries share an episode (with one query: that image's own statistics); "
+                    "a learner with batch_norm=running does not", uneven, len(specs),
+                    learner.benchmark_info.meta["learner"])
+
+
 def predict(learner: Learner, episodes: Episodes, device: torch.device | str = "cpu",
             batch_size: int = 32) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Run every episode; per-query predictions and per-episode accuracy and loss.
@@ -154,6 +167,7 @@ def predict(learner: Learner, episodes: Episodes, device: torch.device | str = "
     learner = learner.to(device).eval()
     loader = make_loader(learner, episodes.dataset, device)
     specs = episodes.specs
+    _warn_transductive(learner, specs)
     source = (EmbeddedEpisodes(learner, loader, SimpleNamespace(episodes=specs), device)
               if learner.fixed_embedding else loader)
     if type(learner).predict_episodes is Learner.predict_episodes:
@@ -170,7 +184,7 @@ def predict(learner: Learner, episodes: Episodes, device: torch.device | str = "
                 guess = probs.argmax(-1)
                 metrics["accuracy"][k] = (guess == labels).double().mean().item()
                 metrics["loss"][k] = torch.nn.functional.cross_entropy(logits.float().cpu(), labels).item()
-                items = np.ravel(specs[k].query)
+                items = flat_items(specs[k].query)
                 for j, item in enumerate(items):
                     rows.append({"episode": episodes.ids[k], "item": episodes.item_names[item],
                                  "label": names[specs[k].class_ids[labels[j]]],

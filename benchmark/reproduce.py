@@ -17,8 +17,9 @@ them). When it is done, the model file (read with ``weights_only=True``; the old
 were upgraded in place, see :mod:`benchmark.reproduce_upgrade`) goes to ``results/checkpoints/<name>.pt``
 with the per-episode test accuracies (``<name>.episodes.json``), the rows go to ``results/reproduced.csv`` (see
 :mod:`benchmark.reproduced`; only from a clean tree) and the training folder is removed.
-``--eval-only`` re-evaluates the committed checkpoint on the same fixed manifests and writes
-``results/checks/<name>.json``; it never changes a row.
+``--eval-only`` re-evaluates the committed checkpoint on the same fixed manifests and writes a check
+with the per-episode values it compared (:mod:`benchmark.reproduce_eval`; the committed
+``results/checks/<name>.json`` only with ``--update-check``); it never changes a row.
 """
 from __future__ import annotations
 

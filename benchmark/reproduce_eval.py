@@ -1,13 +1,17 @@
-"""``reproduce NAME --eval-only``: re-evaluate a committed checkpoint and write ``results/checks/NAME.json``.
+"""``reproduce NAME --eval-only``: re-evaluate a committed checkpoint and write a check record.
 
-The check records our number on each fixed test manifest (or a prefix of it), whether the
-per-episode accuracies equal the committed ones exactly, the commit, date and hardware. It never
-changes ``reproduced.csv``: a row describes the run that trained its model, not a later check.
+The check records our per-episode accuracies on each fixed test manifest (or a prefix of it), whether
+they equal the committed ones (``results/checkpoints/NAME.episodes.json``) exactly, and where they
+differ, with the commit, date and hardware. It goes to ``<out>/checks/NAME.json`` (``runs/`` is
+git-ignored), so that running a check leaves the tree clean; ``--update-check`` writes the committed
+record ``results/checks/NAME.json`` instead. It never changes ``reproduced.csv``: a row describes the
+run that trained its model, not a later check.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -96,10 +100,28 @@ def tree_commit() -> str:
     return head_commit() + ("-dirty" if dirty_paths() else "")
 
 
-def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, device: str = "cpu",
+def check_path(protocol: Protocol, out: str | Path, update: bool, results_dir: Path = RESULTS_DIR) -> Path:
+    """Where a check goes: the committed ``results/checks/<name>.json`` with ``update``, else ``<out>/checks/``."""
+    return (results_dir if update else Path(out)) / "checks" / f"{protocol.name}.json"
+
+
+def run_check(protocol: Protocol, data_root: str | None, out: str, threads: int = 0, device: str = "cpu",
+              test_episodes: int | None = None, results_dir: Path = RESULTS_DIR,
+              update: bool = False) -> tuple[list[Outcome], Path, bool]:
+    """Evaluate the committed checkpoint and write its check (:func:`check_path`): outcomes, path, verdict."""
+    commit = tree_commit()  # the code that evaluates, not what the tree holds afterwards
+    outcomes = evaluate_checkpoint(protocol, data_root, out, threads, device, test_episodes, results_dir)
+    command = eval_command(protocol, data_root, test_episodes, threads, update)
+    path, equal = write_check(protocol, outcomes, command, check_path(protocol, out, update, results_dir),
+                              device, results_dir, commit)
+    return outcomes, path, equal
+
+
+def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, path: Path, device: str = "cpu",
                 results_dir: Path = RESULTS_DIR, commit: str | None = None) -> tuple[Path, bool]:
-    """Write ``results/checks/<name>.json``: an eval-only re-evaluation and whether it equals the
-    committed per-episode numbers exactly. Returns the path and that verdict (all rows).
+    """Write a check record to ``path``: per row our per-episode accuracies (``accuracy``), whether they
+    equal the committed ones exactly and, where not, the committed values and the differing episodes.
+    Returns the path and the verdict (all rows).
 
     Args:
         commit: of the code that evaluated (:func:`tree_commit` taken before evaluating; default: now).
@@ -108,26 +130,60 @@ def write_check(protocol: Protocol, outcomes: list[Outcome], command: str, devic
     rows, all_equal = {}, True
     for o in outcomes:
         ref = committed.get(f"{o.way}w{o.shot}s")
-        equal = ref is not None and ref["manifest_sha256"] == o.manifest_sha256 and np.array_equal(
-            np.asarray(ref["accuracy"][: len(o.accuracies)], dtype=np.float64), o.accuracies)
+        theirs = None if ref is None else np.asarray(ref["accuracy"][: len(o.accuracies)], dtype=np.float64)
+        equal = ref is not None and ref["manifest_sha256"] == o.manifest_sha256 and np.array_equal(theirs, o.accuracies)
         all_equal &= equal
         c = o.comparison()
         rows[o.name] = {"mean": c["mean"], "ci95": c["ci95"], "episodes": len(o.accuracies),
                         "full_manifest": o.full_manifest, "manifest_sha256": o.manifest_sha256,
-                        "equals_committed_episodes": equal}
-    commit = commit or tree_commit()
-    record = {"protocol": protocol.name, "rows": rows, "equals_committed_episodes": all_equal,
-              "git_commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        "equals_committed_episodes": equal, "accuracy": o.accuracies.tolist()}
+        if not equal:
+            rows[o.name].update(_differences(o.accuracies, theirs))
+    source = checkpoint_path(protocol, results_dir).with_suffix(".episodes.json")
+    record = {"format": 2, "protocol": protocol.name, "rows": rows, "equals_committed_episodes": all_equal,
+              "compared_with": {"path": source.relative_to(results_dir).as_posix(),
+                                "sha256": hashlib.sha256(source.read_bytes()).hexdigest() if source.exists() else None},
+              "git_commit": commit or tree_commit(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "hardware": hardware(device), "command": command}
-    path = results_dir / "checks" / f"{protocol.name}.json"
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, dump_check(record))
     return path, all_equal
 
 
-def eval_command(protocol: Protocol, data_root: str | None, test_episodes: int | None, threads: int) -> str:
+def _differences(ours: np.ndarray, theirs: np.ndarray | None) -> dict:
+    """The committed values beside ours, and the episodes where they differ (all, without a record)."""
+    if theirs is None:
+        return {"committed_accuracy": None, "differing_episodes": list(range(len(ours)))}
+    n = min(len(ours), len(theirs))
+    differ = [i for i in range(len(ours)) if i >= n or ours[i] != theirs[i]]
+    return {"committed_accuracy": theirs.tolist(), "differing_episodes": differ}
+
+
+def dump_check(record: dict) -> str:
+    """A check record as indented JSON with each per-episode list on one line."""
+    lists = {}
+
+    def mark(value):
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            key = f"@list{len(lists)}@"
+            lists[key] = json.dumps(value)
+            return key
+        return value
+
+    text = json.dumps(mark(record), indent=2)
+    for key, dumped in lists.items():
+        text = text.replace(f'"{key}"', dumped)
+    return text + "\n"
+
+
+def eval_command(protocol: Protocol, data_root: str | None, test_episodes: int | None, threads: int,
+                 update: bool = False) -> str:
     """The ``--eval-only`` command line recorded in a check (the data root as
     :func:`~benchmark.reproduce.command_data_root` spells it)."""
     return (f"python run_benchmark.py reproduce {protocol.name} --data-root {command_data_root(data_root)} --eval-only"
             + (f" --test-episodes {test_episodes}" if test_episodes is not None else "")
-            + (f" --threads {threads}" if threads else ""))
+            + (" --update-check" if update else "") + (f" --threads {threads}" if threads else ""))

@@ -48,7 +48,8 @@ class EpisodeSpec:
     Attributes:
         class_ids: global class index of each of the N ways, in label order.
         support: item indices ``[N, K]``; row ``i`` holds the support items of class ``i``.
-        query: item indices ``[N, Q]``.
+        query: item indices, row ``i`` the query items of class ``i``: ``[N, Q]`` for sampled
+            episodes; rows of an episode file may differ in length, some empty (one-shot trials).
         episode_id: position in its manifest (or training step).
     """
 
@@ -66,8 +67,20 @@ class EpisodeSpec:
         return len(self.support[0])
 
     @property
-    def n_query(self) -> int:
-        return len(self.query[0])
+    def n_query(self) -> int | None:
+        """Queries per class; ``None`` when the classes hold different numbers (see :attr:`query_counts`)."""
+        counts = set(self.query_counts)
+        return counts.pop() if len(counts) == 1 else None
+
+    @property
+    def query_counts(self) -> tuple[int, ...]:
+        """Query items of each class ``[N]``."""
+        return tuple(len(row) for row in self.query)
+
+    @property
+    def n_queries(self) -> int:
+        """Query items in all."""
+        return sum(self.query_counts)
 
     def to_json(self) -> dict:
         return {"id": self.episode_id, "classes": list(self.class_ids),
@@ -84,7 +97,9 @@ class Episode:
     """One loaded N-way K-shot Q-query episode.
 
     Modalities are looked up by name. Items are ordered class-major: the
-    support labels are ``[0]*K + [1]*K + ...``, likewise the query labels.
+    support labels are ``[0]*K + [1]*K + ...``, likewise the query labels (with each
+    class's own count when the classes hold different numbers of queries: ``Q`` below is
+    then the episode's total).
 
     Attributes:
         support: modality -> batch; ``"image"`` is float ``[N*K, C, H, W]``, ``"text"`` is the
@@ -172,16 +187,27 @@ class EpisodeLoader:
         """The episode's labels, class ids and class text, with empty modality dicts."""
         classes = torch.as_tensor(spec.class_ids, dtype=torch.int64)
         return Episode(
-            support={}, support_labels=torch.arange(spec.n_way).repeat_interleave(spec.n_shot),
-            query={}, query_labels=torch.arange(spec.n_way).repeat_interleave(spec.n_query),
+            support={}, support_labels=class_labels(spec.support), query={}, query_labels=class_labels(spec.query),
             class_ids=classes, class_text=None if self.class_text is None else self.class_text[classes],
             episode_id=spec.episode_id,
         )
 
     def load(self, spec: EpisodeSpec) -> Episode:
-        support = torch.as_tensor(np.asarray(spec.support, dtype=np.int64).reshape(-1))
-        query = torch.as_tensor(np.asarray(spec.query, dtype=np.int64).reshape(-1))
+        support, query = torch.as_tensor(flat_items(spec.support)), torch.as_tensor(flat_items(spec.query))
         episode = self.load_labels(spec)
         episode.support.update(self.side(support, self.setting.support))
         episode.query.update(self.side(query, self.setting.query))
         return episode
+
+
+def flat_items(rows: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """Item indices of per-class rows, class-major, int64 ``[sum of row lengths]`` (rows may differ in length)."""
+    return np.fromiter((i for row in rows for i in row), dtype=np.int64)
+
+
+def class_labels(rows: tuple[tuple, ...]) -> Tensor:
+    """Label ``i`` repeated once per item of row ``i``: int64 ``[sum of row lengths]``."""
+    counts = [len(row) for row in rows]
+    if len(set(counts)) == 1:  # the usual N-way K-shot episode
+        return torch.arange(len(rows)).repeat_interleave(counts[0])
+    return torch.arange(len(rows)).repeat_interleave(torch.tensor(counts))

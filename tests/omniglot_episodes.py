@@ -27,13 +27,16 @@ def split_characters(split: str) -> list[str]:
 
 
 def write_episodes(path: Path, data_root: Path, episodes: list[list[str]], shot: int = 1, query: int = 1,
-                   absolute: bool = True) -> Path:
+                   absolute: bool = True, queries_per_class: list[list[int]] | None = None) -> Path:
     """A JSON episode file: per episode, ``shot`` support and ``query`` query drawings of each class
-    (absolute paths, or paths relative to the file's folder)."""
+    (absolute paths, or paths relative to the file's folder); ``queries_per_class[k][i]``, when given,
+    is the query count of class ``i`` of episode ``k`` instead (0: the class has no query)."""
     out = []
     for k, classes in enumerate(episodes):
         support, queries = {}, {}
-        for name in classes:
+        for i, name in enumerate(classes):
+            if queries_per_class is not None:
+                query = queries_per_class[k][i]
             files = list_images(character_folder(data_root, name))
             name_of = (lambda f: str(f.resolve())) if absolute else (lambda f: os.path.relpath(f.resolve(), path.parent.resolve()))
             support[name] = [name_of(f) for f in files[:shot]]

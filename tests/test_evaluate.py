@@ -78,6 +78,57 @@ def test_evaluate_episode_file_end_to_end(bare, episode_file, tmp_path, capsys, 
     assert (run_dir / "summary.md").exists()
 
 
+MAML = REPO / "results" / "checkpoints" / "omniglot_maml_5w1s.pt"
+MAML_CONFIG = REPO / "benchmark" / "configs" / "omniglot_maml_5w1s.yaml"
+
+
+def _rows_by_episode(run_dir: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
+    return {r["episode_id"]: r for r in rows if r["metric"] == "accuracy"}
+
+
+@needs_omniglot
+def test_single_query_trials_evaluate_end_to_end(bare, tmp_path, capsys, caplog):
+    """20-way one-shot trials with one query each (19 classes without a query) evaluate: one row per
+    trial, its accuracy 0 or 1 as its one prediction; so do episodes whose classes hold 2, 1 or 0
+    queries (accuracy: the fraction of the episode's queries that are right), also for MAML (5-way;
+    episodes with as many queries, however spread over classes, are adapted together)."""
+    test = split_characters("test")
+    trials = write_episodes(tmp_path / "trials.json", SHARED, [test[20 * k:20 * k + 20] for k in range(4)], shot=1,
+                            queries_per_class=[[int(i == k) for i in range(20)] for k in range(4)])
+    trials5 = write_episodes(tmp_path / "trials5.json", SHARED, [test[5 * k:5 * k + 5] for k in range(3)], shot=1,
+                             queries_per_class=[[int(i == k) for i in range(5)] for k in range(3)])
+    mixed = write_episodes(tmp_path / "mixed.json", SHARED, [test[:5], test[5:10], test[10:15]], shot=1,
+                           queries_per_class=[[2, 1, 0, 0, 1], [0, 0, 3, 0, 1], [1, 1, 1, 1, 0]])
+    for checkpoint, config, episodes, n_queries in ((bare, CONFIG, trials, [1, 1, 1, 1]),
+                                                    (bare, CONFIG, mixed, [4, 4, 4]),
+                                                    (MAML, MAML_CONFIG, trials5, [1, 1, 1]),
+                                                    (MAML, MAML_CONFIG, mixed, [4, 4, 4])):
+        out = tmp_path / f"{checkpoint.stem}-{episodes.stem}"
+        code = main(["evaluate", "--checkpoint", str(checkpoint), "--config", str(config), "--data-root", str(SHARED),
+                     "--episodes", str(episodes), "--out", str(out), "--threads", "1"])
+        assert code == 0, capsys.readouterr().err
+        (run_dir,) = list(out.iterdir())
+        preds = pd.read_csv(run_dir / "predictions.csv")
+        assert preds.groupby("episode", sort=False).size().tolist() == n_queries
+        spec = json.loads(episodes.read_text())["episodes"]
+        for episode in spec:  # every query is named with its own label, predictions among the episode's classes
+            mine = preds[preds["episode"] == episode["id"]]
+            assert dict(zip(mine["item"], mine["label"])) == {f: c for c, fs in episode["query"].items() for f in fs}
+            assert set(mine["prediction"]) <= set(episode["support"])
+        rows = _rows_by_episode(run_dir)
+        accuracy = preds.groupby("episode")["correct"].mean().to_dict()  # the right fraction of its queries
+        assert {k: r["value"] for k, r in rows.items()} == pytest.approx(accuracy)
+        assert [(r["n_way"], r["n_shot"], r["n_queries"]) for r in rows.values()] == [
+            (len(e["support"]), 1, n) for e, n in zip(spec, n_queries)]
+        assert all(r["n_query"] is None for r in rows.values())  # queries per class: not one number
+        summary = pd.read_csv(run_dir / "summary.csv")  # one row: the source's episodes together
+        assert len(summary) == 1 and summary["n_episodes"].item() == len(spec)
+        assert ("is transductive" in caplog.text) == (checkpoint == MAML)
+        caplog.clear()
+    capsys.readouterr()
+
+
 @needs_omniglot
 def test_files_and_dataset_indices_give_the_same_predictions(omniglot_learner, episode_file, tmp_path):
     """Image files decoded with the checkpoint's preprocessing equal the dataset's own items."""
@@ -116,6 +167,30 @@ def test_sampled_episodes_are_the_runs_test_manifest(omniglot_learner):
     accuracy = preds.groupby("episode", sort=False)["correct"].mean().to_numpy()
     assert np.array_equal(accuracy, np.asarray(committed))
     assert not preds["in_training_classes"].any()
+
+
+@needs_omniglot
+def test_evaluate_seed_is_recorded_in_rows_summary_and_run_json(bare, episode_file, tmp_path, capsys):
+    """`evaluate --seed 7` records 7, the seed that drew its episodes, in every row, in summary.csv and
+    in run.json (it used to write the checkpoint's seed, 0); without --seed, the checkpoint's run seed."""
+    args = ["evaluate", "--checkpoint", str(bare), "--config", str(CONFIG), "--data-root", str(SHARED),
+            "--ways", "5", "--shots", "1", "--test-episodes", "2", "--threads", "1"]
+    shas = {}
+    for seed in ("7", None):
+        out = tmp_path / f"seed{seed}"
+        assert main(args + ["--out", str(out)] + (["--seed", seed] if seed else [])) == 0, capsys.readouterr().err
+        (run_dir,) = list(out.iterdir())
+        expected = 7 if seed else 0  # the bare checkpoint's config trained with seed 0
+        rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
+        assert {r["seed"] for r in rows} == {expected}
+        assert set(pd.read_csv(run_dir / "summary.csv")["seed"]) == {expected}
+        record = json.loads((run_dir / "run.json").read_text())
+        assert [e["seed"] for e in record["episodes"]] == [expected] and record["model"]["seed"] == 0
+        shas[seed] = record["episodes"][0]["sha256"]
+    assert shas["7"] != shas[None]  # another seed, other episodes
+    # a file's episodes are not drawn: a seed with them is refused, not silently ignored
+    assert main(args[:7] + ["--episodes", str(episode_file), "--seed", "7", "--out", str(tmp_path / "f")]) == 2
+    assert "seed (--seed) only apply to sampled episodes" in capsys.readouterr().err
 
 
 @needs_omniglot

@@ -233,3 +233,29 @@ def test_cbfinn_options_batched_meta_gradient_equals_the_loop_and_finite_differe
                 p.sub_(sign * eps * d)
     expected = sum(float((g * d).sum()) for g, d in zip(slow, direction))
     assert (values[0] - values[1]) / (2 * eps) == pytest.approx(expected, rel=1e-5, abs=1e-8)
+
+
+def _with_queries(episode: Episode, counts: list[int]) -> Episode:
+    """``episode`` keeping the first ``counts[c]`` query items of each class ``c`` (0: none)."""
+    per_class = len(episode.query_labels) // episode.n_way
+    keep = torch.cat([torch.arange(c * per_class, c * per_class + n) for c, n in enumerate(counts)])
+    return Episode(episode.support, episode.support_labels, {k: v[keep] for k, v in episode.query.items()},
+                   episode.query_labels[keep], episode.class_ids)
+
+
+@pytest.mark.parametrize("name", ["maml", "anil"])
+def test_episodes_with_unequal_query_counts_per_class_predict_as_one_at_a_time(name):
+    """Single-query trials and classes without queries: episodes with as many queries in all (however
+    spread over classes) are adapted together, others fall back to one at a time; the same logits."""
+    base = tasks(4, shape=(1, 28, 28), query=3)  # 28x28: the last batch norm sees 2x2 values of one query
+    trials = [_with_queries(e, [int(c == k % 3) for c in range(3)]) for k, e in enumerate(base)]  # one query
+    mixed = [_with_queries(base[0], [3, 0, 1]), _with_queries(base[1], [0, 2, 2]), _with_queries(base[2], [1, 0, 0])]
+    learner = make(name, shape=(1, 28, 28), test_steps=2).eval()
+    assert learner.can_batch_tasks(trials) and learner.can_batch_tasks(mixed[:2]) and not learner.can_batch_tasks(mixed)
+    for batch in (trials, mixed):
+        with torch.no_grad():
+            together = learner.predict_episodes(batch)
+            alone = [learner.predict_episodes([e])[0] for e in batch]
+        for a, b, e in zip(together, alone, batch):
+            assert a.shape == (len(e.query_labels), 3)
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

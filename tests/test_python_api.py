@@ -43,9 +43,13 @@ def _images(tmp_path: Path, names: list[str]) -> None:
 
 @pytest.mark.parametrize("text, message", [
     ('{"episodes": [{"support": {"a": ["a1.png"], "b": ["b1.png"]}, "query": {"a": ["a2.png"], "c": ["b2.png"]}}]}',
-     r"unknown class\(es\) \['c'\] in the query"),
-    ('{"episodes": [{"support": {"a": ["a1.png"], "b": ["b1.png"]}, "query": {"a": ["a2.png", "a3.png"], '
-     '"b": ["b2.png"]}}]}', "unequal query counts per class"),
+     r"class\(es\) \['c'\] of the query have no support items"),
+    ('{"episodes": [{"support": {"a": ["a1.png"], "b": ["b1.png", "b2.png"]}, "query": {"a": ["a2.png"]}}]}',
+     r"unequal support counts per class \('a': 1, 'b': 2\)"),
+    ('{"episodes": [{"support": {"a": ["a1.png"], "b": []}, "query": {"a": ["a2.png"], "b": ["b2.png"]}}]}',
+     r"class\(es\) \['b'\] have no support items"),
+    ('{"episodes": [{"support": {"a": ["a1.png"], "b": ["b1.png"]}, "query": {"a": [], "b": []}}]}',
+     "has no query items: give at least one"),
     ('{"episodes": [{"support": {"a": ["a1.png"], "b": ["missing.png"]}, "query": {"a": ["a2.png"], "b": ["b2.png"]}}]}',
      r"support item of class 'b': file not found: .*missing.png"),
     ('{"episodes": [{"support": {"a": ["a1.png"], "b": [3]}, "query": {"a": ["a2.png"], "b": ["b2.png"]}}]}',
@@ -61,6 +65,51 @@ def test_episode_file_errors_name_the_problem(tmp_path, text, message):
     with pytest.raises(BenchmarkError, match=message) as err:
         read_episodes(_episode_file(tmp_path, text))
     assert "episodes.json" in str(err.value)
+
+
+def test_query_counts_may_differ_per_class(tmp_path):
+    """One-shot trials with a single query, and classes without queries, are valid episodes."""
+    _images(tmp_path, ["a1.png", "a2.png", "a3.png", "b1.png", "b2.png", "c1.png"])
+    text = ('{"episodes": [{"id": "t", "support": {"a": ["a1.png"], "b": ["b1.png"], "c": ["c1.png"]}, '
+            '"query": {"b": ["b2.png"]}}, {"id": "m", "support": {"a": ["a1.png"], "b": ["b1.png"]}, '
+            '"query": {"a": ["a2.png", "a3.png"], "b": []}}]}')
+    trial, mixed = read_episodes(_episode_file(tmp_path, text)).episodes
+    assert trial.classes == ("a", "b", "c") and [len(q) for q in trial.query] == [0, 1, 0]
+    assert [len(q) for q in mixed.query] == [2, 0]
+    csv = _episode_file(tmp_path, "episode,set,item,label\ne0,support,a1.png,a\ne0,support,b1.png,b\n"
+                                  "e0,query,a2.png,a\ne0,query,a3.png,a\n", ".csv")
+    (episode,) = read_episodes(csv).episodes
+    assert [len(q) for q in episode.query] == [2, 0]
+
+
+def test_episodes_with_unequal_query_counts_load_with_their_labels(tiny_dataset):
+    """Specs whose classes hold different numbers of queries (some none) load with one label per query
+    item, in class order; so do their cached embeddings, and predictions cover every query."""
+    import torch
+
+    from benchmark.evaluate import EmbeddedEpisodes, evaluate
+    from learners import LEARNERS, ModelSpec
+    from tasks.episode import EpisodeLoader, EpisodeSpec, TaskSetting
+    from tasks.sampler import EpisodeManifest
+
+    items = tiny_dataset.items_by_class()
+    spec = EpisodeSpec((0, 1, 2), ((items[0][0],), (items[1][0],), (items[2][0],)),
+                       ((items[0][1], items[0][2]), (), (items[2][1],)), 0)
+    assert spec.n_way == 3 and spec.n_shot == 1 and spec.query_counts == (2, 0, 1) and spec.n_queries == 3
+    assert spec.n_query is None and EpisodeSpec.from_json(spec.to_json()) == spec
+    setting = TaskSetting(("image",), ("image",))
+    loader = EpisodeLoader(tiny_dataset.images, tiny_dataset.mean, tiny_dataset.std, setting=setting)
+    episode = loader.load(spec)
+    assert episode.query_labels.tolist() == [0, 0, 2] and episode.query["image"].shape[0] == 3
+    assert episode.support_labels.tolist() == [0, 1, 2]
+    torch.manual_seed(0)
+    model = ModelSpec(("image",), setting, tuple(tiny_dataset.image_shape), backbone_options={"hidden": 8})
+    learner = LEARNERS.get("protonet")(model, LEARNERS.get("protonet").Config())
+    manifest = EpisodeManifest("shapes", "", "test", 3, 1, 0, 0, (spec, spec))
+    cached = EmbeddedEpisodes(learner.eval(), loader, manifest, torch.device("cpu")).load(spec)
+    assert cached.query_labels.tolist() == [0, 0, 2]
+    accuracy = evaluate(learner, loader, manifest, torch.device("cpu"), metrics=["accuracy"])["accuracy"]
+    assert set(accuracy * 3) <= {0.0, 1.0, 2.0, 3.0}  # a fraction of the episode's 3 queries
 
 
 def test_csv_episode_file(tmp_path):

@@ -178,6 +178,25 @@ def test_committed_row_matches_its_episodes_and_says_it_is_not_comparable():
     assert FIXTURE not in set(reproduced.read_reproduced()["name"])
 
 
+def test_committed_checks_hold_the_per_episode_values_they_compared():
+    """Every committed check shows what it compared: its per-episode accuracies, from which its mean and CI
+    recompute, equal to the committed ones exactly where it says so."""
+    paths = sorted((REPO / "results" / "checks").glob("*.json"))
+    assert paths
+    for path in paths:
+        check = json.loads(path.read_text())
+        protocol = reproduce.load_protocol(check["protocol"])
+        committed = reproduce.committed_episodes(protocol)
+        assert check["format"] == 2 and set(check["rows"]) == {protocol.row_name(*e) for e in protocol.evals}
+        for way, shot in protocol.evals:
+            row, ref = check["rows"][protocol.row_name(way, shot)], committed[f"{way}w{shot}s"]
+            mean, ci = mean_ci95(np.asarray(row["accuracy"]))
+            assert len(row["accuracy"]) == row["episodes"], path
+            assert (round(100 * mean, 2), round(100 * ci, 2)) == (row["mean"], row["ci95"]), path
+            assert row["manifest_sha256"] == ref["manifest_sha256"], path
+            assert (row["accuracy"] == ref["accuracy"][: row["episodes"]]) == row["equals_committed_episodes"], path
+
+
 def test_migration_drops_dirty_rows_and_takes_deviations_from_the_config(tmp_path):
     old = ("name,benchmark,reference,label,comparable,learner,n_way,n_shot,n_query,published_mean,published_ci95,mean,"
            "ci95,difference,published_in_ci,test_episodes,training,hardware,train_wall_time_s,eval_wall_time_s,"
@@ -205,8 +224,8 @@ def test_list(capsys):
 @needs_omniglot
 def test_eval_only_cli_reproduces_the_committed_episodes_exactly(tmp_path, capsys, monkeypatch):
     """The committed checkpoint, re-evaluated on the first 50 episodes of the same fixed manifest (its
-    sha256 checked against the recorded one), gives the committed accuracies exactly; the check goes to
-    checks/NAME.json and reproduced.csv is not touched."""
+    sha256 checked against the recorded one), gives the committed accuracies exactly; the check, with
+    those 50 values, goes under --out (not checks/NAME.json) and reproduced.csv is not touched."""
     results = tmp_path / "results"
     (results / "checkpoints").mkdir(parents=True)
     shutil.copy(REPO / "results" / "leaderboard.csv", results)
@@ -218,9 +237,11 @@ def test_eval_only_cli_reproduces_the_committed_episodes_exactly(tmp_path, capsy
     out = capsys.readouterr().out
     assert code == 0, out
     assert "reproduced exactly: yes" in out and "inside our 95% CI" in out
-    check = json.loads((results / "checks" / f"{FIXTURE}.json").read_text())
+    check = json.loads((tmp_path / "eval" / "checks" / f"{FIXTURE}.json").read_text())
     assert check["equals_committed_episodes"] and check["rows"][FIXTURE]["episodes"] == 50
-    assert not (results / "reproduced.csv").exists()
+    committed = json.loads((results / "checkpoints" / f"{FIXTURE}.episodes.json").read_text())["accuracy"]
+    assert check["rows"][FIXTURE]["accuracy"] == committed[:50]
+    assert not (results / "reproduced.csv").exists() and not (results / "checks").exists()
 
 
 @pytest.mark.slow

@@ -166,20 +166,57 @@ def test_eval_only_writes_a_check_and_never_rewrites_the_rows(tmp_path, clean):
     before = {p: (results / p).read_bytes() for p in ("reproduced.csv", "README.md")}
     outcomes = reproduce_eval.evaluate_checkpoint(protocol, None, str(tmp_path / "eval"), threads=1,
                                                   results_dir=results)
-    path, equal = reproduce_eval.write_check(protocol, outcomes, "cmd", results_dir=results)
+    dest = tmp_path / "eval" / "checks" / "tiny.json"
+    path, equal = reproduce_eval.write_check(protocol, outcomes, "cmd", dest, results_dir=results)
     check = json.loads(path.read_text())
-    assert equal and path == results / "checks" / "tiny.json"
-    assert check["rows"]["tiny/3w1s"]["episodes"] == 6 and check["rows"]["tiny/3w1s"]["equals_committed_episodes"]
+    assert equal and path == dest
+    row = check["rows"]["tiny/3w1s"]
+    assert row["episodes"] == 6 and row["equals_committed_episodes"] and check["format"] == 2
+    committed = json.loads((results / "checkpoints" / "tiny.episodes.json").read_text())["evals"]
+    assert row["accuracy"] == committed["3w1s"]["accuracy"]  # the values compared, not only a verdict
+    assert "committed_accuracy" not in row and check["compared_with"]["path"] == "checkpoints/tiny.episodes.json"
     assert {"git_commit", "date", "hardware", "command"} <= set(check)
     assert all((results / p).read_bytes() == data for p, data in before.items())
     prefix = reproduce_eval.evaluate_checkpoint(protocol, None, str(tmp_path / "eval"), threads=1, test_episodes=2,
                                                 results_dir=results)
-    assert not prefix[0].full_manifest and reproduce_eval.write_check(protocol, prefix, "cmd", results_dir=results)[1]
-    episodes = results / "checkpoints" / "tiny.episodes.json"  # a tampered record is caught
+    assert not prefix[0].full_manifest and reproduce_eval.write_check(protocol, prefix, "cmd", dest,
+                                                                      results_dir=results)[1]
+    assert json.loads(dest.read_text())["rows"]["tiny/3w1s"]["accuracy"] == committed["3w1s"]["accuracy"][:2]
+    episodes = results / "checkpoints" / "tiny.episodes.json"  # a tampered record is caught, and shown
     data = json.loads(episodes.read_text())
     data["evals"]["2w1s"]["accuracy"][0] = -1.0
     episodes.write_text(json.dumps(data))
-    assert not reproduce_eval.write_check(protocol, outcomes, "cmd", results_dir=results)[1]
+    assert not reproduce_eval.write_check(protocol, outcomes, "cmd", dest, results_dir=results)[1]
+    row = json.loads(dest.read_text())["rows"]["tiny/2w1s"]
+    assert row["committed_accuracy"][0] == -1.0 and row["differing_episodes"] == [0]
+    assert row["accuracy"][1:] == row["committed_accuracy"][1:]
+
+
+def test_eval_only_cli_leaves_the_committed_check_alone_unless_asked(tmp_path, clean, monkeypatch, capsys):
+    """`reproduce NAME --eval-only` writes its check under --out (runs/ by default, git-ignored) and says
+    where; only --update-check replaces the committed results/checks/NAME.json."""
+    from benchmark.cli import main
+
+    protocol, results = _protocol(tmp_path), tmp_path / "results"
+    reproduce_train.train_protocol(protocol, None, threads=1, results_dir=results)
+    committed = results / "checks" / "tiny.json"
+    committed.parent.mkdir()
+    committed.write_text('{"protocol": "tiny", "old": true}\n')
+    monkeypatch.setattr(reproduce, "RESULTS_DIR", results)
+    monkeypatch.setattr(reproduce, "load_protocol", lambda name, results_dir: protocol)
+    out = tmp_path / "eval"
+    assert main(["reproduce", "tiny", "--eval-only", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert committed.read_text() == '{"protocol": "tiny", "old": true}\n'
+    check = json.loads((out / "checks" / "tiny.json").read_text())
+    assert f"check written to {out / 'checks' / 'tiny.json'}" in printed and "--update-check" in printed
+    assert len(check["rows"]["tiny/2w1s"]["accuracy"]) == 6 and "--update-check" not in check["command"]
+    assert main(["reproduce", "tiny", "--eval-only", "--threads", "1", "--out", str(out), "--update-check"]) == 0
+    assert f"check written to {committed}" in capsys.readouterr().out
+    updated = json.loads(committed.read_text())
+    assert updated["rows"] == check["rows"] and updated["command"].endswith("--update-check --threads 1")
+    assert main(["reproduce", "tiny", "--update-check"]) == 2
+    assert "--update-check only applies with --eval-only" in capsys.readouterr().err
 
 
 def test_eval_only_without_checkpoint_says_how_to_train(tmp_path):
@@ -248,7 +285,7 @@ def test_interim_rows_say_how_far_the_model_was_trained_and_the_training_goes_on
     assert row["mean"] == outcomes[0].comparison()["mean"]
     # the committed interim model gives back its rows exactly, as a final one
     again = reproduce_eval.evaluate_checkpoint(protocol, None, str(tmp_path / "eval"), threads=1, results_dir=results)
-    assert reproduce_eval.write_check(protocol, again, "cmd", results_dir=results)[1]
+    assert reproduce_eval.write_check(protocol, again, "cmd", tmp_path / "check.json", results_dir=results)[1]
     # the training folder and its checkpoint stay: the same command finishes it and replaces the rows
     assert list((results / "training").glob("*/checkpoints/*.train.pt"))
     reproduce_train.train_protocol(protocol, None, threads=1, results_dir=results)

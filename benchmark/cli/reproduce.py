@@ -11,6 +11,7 @@ examples:
   python run_benchmark.py reproduce --list
   python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --threads 2
   python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --eval-only
+  python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --eval-only --update-check
   python run_benchmark.py reproduce omniglot_maml_5w1s --data-root ../shared/data --interim
   python run_benchmark.py reproduce omniglot_protonet_1shot --data-root ../shared/data --upgrade-checkpoint
 """
@@ -27,7 +28,10 @@ class Reproduce(Subcommand):
         add("--list", action="store_true", help="list the protocols with published and committed numbers")
         add("--data-root", help="folder holding the dataset in its official layout")
         add("--eval-only", action="store_true",
-            help="re-evaluate results/checkpoints/NAME.pt into results/checks/NAME.json (rows unchanged)")
+            help="re-evaluate results/checkpoints/NAME.pt against its committed per-episode accuracies; the "
+                 "check goes to OUT/checks/NAME.json (rows and the committed check unchanged)")
+        add("--update-check", action="store_true",
+            help="with --eval-only: write the committed check results/checks/NAME.json instead")
         add("--interim", action="store_true",
             help="record rows for an unfinished training's latest checkpoint (marked interim, not comparable; "
                  "the training continues with the same command without --interim)")
@@ -36,7 +40,8 @@ class Reproduce(Subcommand):
                  "the rows keep the old sha256 and record the new one)")
         add("--test-episodes", type=int,
             help="with --eval-only: only the first N episodes of the fixed manifest (a quick check)")
-        add("--out", help="run folder (default: results/training; runs/reproduce with --eval-only)")
+        add("--out", help="run folder (default: results/training; runs/reproduce with --eval-only, which also "
+                          "holds its check)")
         add("--device", default="cpu", help="cpu, cuda, cuda:N")
         add("--threads", type=int, default=0, help="torch CPU threads")
 
@@ -48,6 +53,9 @@ class Reproduce(Subcommand):
             print(reproduce.list_protocols(results_dir=results))
             return 0
         protocol = reproduce.load_protocol(args.name, results_dir=results)
+        if args.update_check and not args.eval_only:
+            raise BenchmarkError("--update-check only applies with --eval-only (it replaces the committed check "
+                                 "results/checks/NAME.json)")
         if args.test_episodes is not None and not args.eval_only:
             raise BenchmarkError("--test-episodes only applies with --eval-only "
                                  "(training uses the protocol's manifest)")
@@ -76,13 +84,13 @@ class Reproduce(Subcommand):
                   f"{reproduce.checkpoint_path(protocol, results)}")
             return 0
         if args.eval_only:
-            commit = reproduce_eval.tree_commit()  # the code that evaluates, not what the tree holds afterwards
-            outcomes = reproduce_eval.evaluate_checkpoint(protocol, args.data_root, args.out or "runs/reproduce",
-                                                          args.threads, args.device, args.test_episodes, results)
+            outcomes, path, equal = reproduce_eval.run_check(
+                protocol, args.data_root, args.out or "runs/reproduce", args.threads, args.device, args.test_episodes,
+                results, args.update_check)
             print("\n\n".join(o.describe() for o in outcomes))
-            command = reproduce_eval.eval_command(protocol, args.data_root, args.test_episodes, args.threads)
-            path, equal = reproduce_eval.write_check(protocol, outcomes, command, args.device, results, commit)
-            print(f"check written to {path} (the rows of reproduced.csv are unchanged); committed episodes "
+            kept = "" if args.update_check else (f"; the committed check {results / 'checks' / path.name} is "
+                                                 "unchanged (--update-check replaces it)")
+            print(f"check written to {path} (the rows of reproduced.csv are unchanged{kept}); committed episodes "
                   f"reproduced exactly: {'yes' if equal else 'NO'}")
             return 0 if equal else 1
         outcomes = reproduce_train.train_protocol(protocol, args.data_root, args.out, args.threads, args.device,
