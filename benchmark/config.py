@@ -89,6 +89,9 @@ class ExperimentConfig:
     # description of a reproduction protocol (benchmark/configs/*.yaml used by `reproduce`):
     # reference (the results/leaderboard.csv id), label, comparable, notes. Never changes the numbers.
     protocol: dict[str, Any] = field(default_factory=dict)
+    # values of this config that were chosen by comparing candidates (key, value, split, evidence), checked
+    # by benchmark.selection.check_choices: never on a test split. Never changes the numbers.
+    choices: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> "ExperimentConfig":
         """Range checks that types alone cannot express; returns self."""
@@ -121,6 +124,10 @@ class ExperimentConfig:
                             ("eval.ways", self.eval.ways), ("eval.shots", self.eval.shots)):
             if not values:
                 raise BenchmarkError(f"config value {key} is empty; give at least one")
+        if self.choices:
+            from benchmark.selection import check_choices
+
+            check_choices(self, self.choices, "config")
         return self
 
 

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def _hashed(cfg: ExperimentConfig) -> dict:
     data = to_dict(cfg)
-    for key in ("out", "device", "threads", "protocol", "note"):
+    for key in ("out", "device", "threads", "protocol", "note", "choices"):
         data.pop(key)
     for key in ("checkpoint_every", "gate_every", "gate_episodes"):  # what is saved or measured on the way,
         data["train"].pop(key)                                         # not what is computed: other runs keep their ids

@@ -42,7 +42,7 @@ def method_setting(support: tuple[str, ...], query: tuple[str, ...], modalities:
 
 def config_key(config: dict) -> str:
     """Hash of what determines the numbers except the seed: runs of one config over seeds share it."""
-    data = {k: v for k, v in config.items() if k not in ("seed", "out", "device", "threads", "protocol", "note")}
+    data = {k: v for k, v in config.items() if k not in ("seed", "out", "device", "threads", "protocol", "note", "choices")}
     data["train"] = {k: v for k, v in data.get("train", {}).items() if k != "checkpoint_every"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 

@@ -20,6 +20,7 @@ from benchmark.config import TrainConfig
 from benchmark.evaluate import evaluate
 from benchmark.methods import Method
 from benchmark.runtime import check_compile_backend
+from benchmark.selection import require_selection_split
 from benchmark.trainlog import TrainLog
 from learners import Learner
 from tasks.episode import EpisodeLoader
@@ -65,6 +66,8 @@ def meta_train(learner: Learner, method: Method, cfg: TrainConfig, make_loader: 
     history = {"best_step": 0, "best_val_accuracy": None, "val": [], "train_wall_time_s": 0.0}
     if cfg.episodes == 0 or not params:
         return history
+    if cfg.val_every:  # the kept checkpoint is a choice: made on validation episodes only
+        require_selection_split(val_manifest.split, "the checkpoint kept (the best validation step)")
     loader = make_loader()
     optimiser = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimiser, cfg.lr_decay_every, gamma=0.5)

@@ -173,3 +173,29 @@ def test_geometry_uses_the_feature_scale_the_study_trained_on(tmp_path, checkpoi
                           "--max-per-class", "20", "--threads", "1"]) == 0
     rows = json.loads((tmp_path / "study" / "geometry.json").read_text())
     assert all(r["image_feature_norm"] == pytest.approx(2.0) for r in rows)  # read from study.json
+
+
+def test_fusion_is_chosen_on_validation_classes_only(tmp_path, checkpoint, capsys):
+    """`--eval-split val --select-fusion` scores the fusions on validation classes and records the choice;
+    a study scored on test classes refuses to choose."""
+    methods = "protonet,fusion_attention,fusion_mean"
+    assert _study(tmp_path, checkpoint, "--methods", methods, "--eval-split", "val", "--text-fractions", "1",
+                  "--select-fusion") == 0
+    out = tmp_path / "study"
+    rows = pd.read_json(out / "rows.jsonl", lines=True)
+    assert set(rows["split"]) == {"val"}
+    record = json.loads((out / "selection.json").read_text())
+    assert record["split"] == "val" and record["what"] == "learner_options.classfusion.fusion"
+    assert set(record["scores"]) == {"attention", "mean"} and record["choice"] == max(record["scores"],
+                                                                                      key=record["scores"].get)
+    fusion = rows[rows["method"] == f"fusion_{record['choice']}"]["value"].mean()
+    assert record["scores"][record["choice"]] == pytest.approx(fusion)
+    test_dir = tmp_path / "on_test"
+    test_dir.mkdir()
+    assert main(["--data-root", str(SHARED), "--checkpoint", str(checkpoint), "--out", str(test_dir / "study"),
+                 "--image-size", "32", "--hidden", "8", "--classes-per-split", "5", "--max-per-class", "20",
+                 "--shots", "1", "--test-episodes", "4", "--train-episodes", "2", "--train-way", "5",
+                 "--val-every", "0", "--gate-every", "0", "--text-fractions", "1", "--threads", "1",
+                 "--methods", methods, "--select-fusion"]) == 2
+    assert "'test' split" in capsys.readouterr().err
+    assert test_dir.joinpath("study", "rows.jsonl").exists()  # the study's own numbers are kept

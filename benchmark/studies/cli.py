@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes-per-split", type=int, help="miniimagenet subset: classes per split")
     p.add_argument("--methods", type=_csv(str), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--shots", type=_csv(int), default=[1, 5], help="test shots (default 1,5)")
-    p.add_argument("--test-episodes", type=int, default=600)
+    p.add_argument("--test-episodes", type=int, default=600, help="episodes per shot of the scored split")
+    p.add_argument("--eval-split", default="test", choices=("test", "val"),
+                   help="score the methods on test classes (the reported numbers, default) or on validation "
+                        "classes (to choose among them: --select-fusion)")
+    p.add_argument("--select-fusion", action="store_true",
+                   help="after the study, choose classfusion's fusion from its validation scores "
+                        "(writes OUT/selection.json; refused for a study scored on test classes)")
     p.add_argument("--train-episodes", type=int, default=3000, help="meta-training steps per method and shot")
     p.add_argument("--train-way", type=int, default=20)
     p.add_argument("--lr-decay-every", type=int, default=1000)
@@ -68,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
                        max_per_class=args.max_per_class, classes_per_split=args.classes_per_split,
                        hidden=args.hidden, l2_scale=args.l2_scale, methods=args.methods or list(METHODS),
                        shots=args.shots,
-                       test_episodes=args.test_episodes, train=train, gate_every=args.gate_every,
+                       test_episodes=args.test_episodes, eval_split=args.eval_split, train=train, gate_every=args.gate_every,
                        gate_episodes=args.gate_episodes, text_fractions=args.text_fractions, seed=args.seed,
                        device=args.device)
 
@@ -96,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(args.threads)
             table = Study(config_from_args(args)).run()
         print(to_markdown(table) if not table.empty else "(no comparison: the baseline has no rows)")
+        if args.select_fusion:
+            from benchmark.studies.miniimagenet_text import select_fusion
+
+            selection = select_fusion(Path(args.out))
+            print(f"fusion chosen on {selection.split}: {selection.choice} "
+                  f"({', '.join(f'{k} {100 * v:.2f}' for k, v in sorted(selection.scores.items()))})")
         return 0
     except BenchmarkError as err:
         if args.debug:

@@ -93,6 +93,9 @@ class StudyConfig:
     way: int = 5
     query: int = 15
     test_episodes: int = 600
+    # the classes each method is scored on: "test" for the reported numbers, "val" to choose among the
+    # methods (select_fusion); a choice never reads "test" (benchmark.selection)
+    eval_split: str = "test"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         way=20, query=15, episodes=3000, lr_decay_every=1000, val_every=500, val_episodes=200, checkpoint_every=500))
     gate_every: int = 250
@@ -120,6 +123,11 @@ class StudyConfig:
                 raise BenchmarkError(f"{flag} {value} is out of range: it must be >= {low}")
         if not self.shots:
             raise BenchmarkError("--shots is empty; give at least one, e.g. --shots 1,5")
+        if self.eval_split not in ("test", "val"):
+            raise BenchmarkError(f"--eval-split {self.eval_split!r}: choose test (the reported numbers) or val "
+                                 "(to choose among the methods)")
+        if self.eval_split == "val" and any(p != 1.0 for p in self.text_fractions):
+            raise BenchmarkError("--eval-split val scores the methods with all class text: give --text-fractions 1")
         return self
 
 
@@ -203,14 +211,14 @@ class Study:
         learner, history = self.train(label, shot)
         head = {k: v for k, v in learner.state_dict().items() if not k.startswith("encoder.")}
         atomic_save(self.out / "checkpoints" / f"{label}-{shot}shot.pt", lambda f: torch.save(head, f))
-        manifest, loader = self.manifest("test", shot, self.cfg.test_episodes), self.loader()
+        manifest, loader = self.manifest(self.cfg.eval_split, shot, self.cfg.test_episodes), self.loader()
         results = {1.0: evaluate(learner, loader, manifest, self.device)["accuracy"]}
         if hasattr(learner, "set_class_text_available") and METHODS[label][1].get("class_text", True):
             fractions = [p for p in self.cfg.text_fractions if p != 1.0]
             results.update(classtext.evaluate_missing_text(learner, loader, manifest, self.dataset, fractions,
                                                            self.device, self.cfg.seed))
         common = {"method": label, "learner": METHODS[label][0], "options": json.dumps(METHODS[label][1]),
-                  "n_way": self.cfg.way, "n_shot": shot, "n_query": self.cfg.query,
+                  "n_way": self.cfg.way, "n_shot": shot, "n_query": self.cfg.query, "split": self.cfg.eval_split,
                   "manifest_sha256": manifest.sha256, "metric": "accuracy",
                   "best_step": history.get("best_step"), "wall_time_s": round(time.perf_counter() - start, 1)}
         return [{**common, "text_fraction": p, "episode": i, "value": float(v)}
@@ -249,6 +257,44 @@ class Study:
                   "methods": {k: {"learner": v[0], "options": v[1]} for k, v in METHODS.items()},
                   "git_commit": git_commit(), "torch_threads": torch.get_num_threads()}
         atomic_write_text(self.out / "study.json", json.dumps(record, indent=2, default=str))
+
+
+#: what the end-to-end config's classfusion fusion is chosen from: the class-text fusions the study trains
+FUSION_CANDIDATES = {label: options["fusion"] for label, (learner, options) in METHODS.items()
+                     if learner == "classfusion" and options.get("class_text", True) and label != "fusion_late"}
+
+
+def select_fusion(out: Path):
+    """Choose classfusion's fusion from a study scored on validation classes (``--eval-split val``).
+
+    The score of each fusion is its mean accuracy with all class text, averaged over the study's shots.
+    The choice is written to ``out/selection.json`` (:class:`benchmark.selection.Selection`).
+
+    Raises:
+        BenchmarkError: the study was scored on test classes, or has no fusion rows.
+    """
+    from benchmark.selection import choose
+
+    out = Path(out)
+    try:
+        split = json.loads((out / "study.json").read_text())["config"].get("eval_split", "test")
+    except (OSError, ValueError, KeyError) as err:
+        raise BenchmarkError(f"{out}/study.json: cannot read the study record ({err}); run the study first") from None
+    from benchmark.studies.tables import study_rows
+
+    rows = study_rows(out)
+    rows = rows[rows["method"].isin(list(FUSION_CANDIDATES)) & (rows["text_fraction"] == 1.0)] if not rows.empty else rows
+    if rows.empty:
+        raise BenchmarkError(f"{out}: no rows of the fusions {sorted(FUSION_CANDIDATES)}; run them first")
+    per_shot = rows.groupby(["method", "n_shot"])["value"].mean().unstack("n_shot")
+    scores = {FUSION_CANDIDATES[m]: float(v) for m, v in per_shot.mean(axis=1).items()}
+    evidence = {"study": out.as_posix(), "per_shot": {FUSION_CANDIDATES[m]: {f"5w{s}s": round(float(v), 6)
+                for s, v in r.items()} for m, r in per_shot.iterrows()},
+                "manifests_sha256": sorted(rows["manifest_sha256"].unique().tolist())}
+    selection = choose("learner_options.classfusion.fusion", scores, split,
+                       "mean accuracy with all class text, averaged over the study's shots", evidence)
+    selection.write(out / "selection.json")
+    return selection
 
 
 if __name__ == "__main__":
