@@ -96,7 +96,7 @@ def test_upgrade_keeps_the_tensors_and_the_sha256_the_rows_were_evaluated_from(t
     # eval-only on the upgraded file gives back the committed per-episode accuracies exactly
     outcomes = reproduce_eval.evaluate_checkpoint(protocol, None, str(tmp_path / "eval"), threads=1,
                                                   results_dir=results)
-    assert reproduce_eval.write_check(protocol, outcomes, "cmd", results_dir=results)[1]
+    assert reproduce_eval.write_check(protocol, outcomes, "cmd", tmp_path / "check.json", results_dir=results)[1]
     # other tensors under the recorded sha256s are caught against the original in git
     raw = torch.load(path, weights_only=True)
     key = next(iter(raw["state_dict"]))
