@@ -68,3 +68,19 @@ def test_missing_text_rows_hold_every_model_shot_and_fraction(folder):
     counts = rows.groupby(["model", "n_shot", "text_fraction"]).size()
     assert (counts == 600).all() and set(rows["text_fraction"]) == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert rows["manifest_sha256"].notna().all()
+
+
+def test_readme_end_to_end_comparison_with_the_strongest_baseline():
+    """The README states both shots against the cosine ProtoNet (the strongest image-only baseline at the budget);
+    the runs share their test manifests, so the differences are paired."""
+    cosine = {s: run_accuracy(E2E / "cosine", "protonet", s) for s in (1, 5)}
+    euclidean = {s: run_accuracy(E2E, "protonet", s) for s in (1, 5)}
+    fusion = {s: run_accuracy(E2E, "classfusion", s) for s in (1, 5)}
+    no_text = {s: with_text(E2E, "classfusion-image-none", s, 0.0) for s in (1, 5)}
+    assert (gain(fusion[1], cosine[1]), gain(fusion[5], cosine[5])) == (-0.64, -14.22)
+    assert (gain(no_text[1], cosine[1]), gain(no_text[5], cosine[5])) == (-2.94, 1.07)
+    assert (gain(cosine[1], euclidean[1]), gain(cosine[5], euclidean[5])) == (13.25, 14.46)
+    assert gain(fusion[5], euclidean[5]) == 0.23
+    seed1 = E2E / "seed1"
+    assert (gain(run_accuracy(seed1, "classfusion", 1), run_accuracy(seed1, "protonet", 1)),
+            gain(run_accuracy(seed1, "classfusion", 5), run_accuracy(seed1, "protonet", 5))) == (14.37, 2.38)

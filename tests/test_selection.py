@@ -50,6 +50,17 @@ def test_config_choices_are_checked_against_their_evidence(tmp_path):
         check_choices(good, good.choices, "test config", root=tmp_path / "elsewhere")
 
 
+def test_committed_configs_choices_hold():
+    """Every protocol and study config with `choices:` loads (validate() checks them against the repo)."""
+    from benchmark.config import load_yaml
+
+    configs = Path(__file__).resolve().parents[1] / "benchmark" / "configs"
+    with_choices = [p for p in sorted(configs.glob("*.yaml")) if load_yaml(p).get("choices")]
+    for path in with_choices:
+        merge(ExperimentConfig(), load_yaml(path), str(path)).validate()
+    assert with_choices, "the configs whose values were chosen record their choices"
+
+
 def _run(tmp_path: Path, name: str, temperature, val: float | None) -> Path:
     run_dir = tmp_path / name
     run_dir.mkdir()
