@@ -84,3 +84,19 @@ def test_readme_end_to_end_comparison_with_the_strongest_baseline():
     seed1 = E2E / "seed1"
     assert (gain(run_accuracy(seed1, "classfusion", 1), run_accuracy(seed1, "protonet", 1)),
             gain(run_accuracy(seed1, "classfusion", 5), run_accuracy(seed1, "protonet", 5))) == (14.37, 2.38)
+
+
+def test_fusion_choice_reads_validation_rows_and_matches_them():
+    """The end-to-end fusion was chosen on validation classes: the committed selection names the split, its
+    scores are the committed rows' means, and the configs hold its choice."""
+    from benchmark.selection import Selection
+    from benchmark.studies.tables import study_rows
+
+    folder = E2E.parent / "fusion_choice"
+    selection = Selection.read(folder / "selection.json")
+    rows = study_rows(folder)
+    assert selection.split == "val" and set(rows["split"]) == {"val"} and selection.choice == "mean"
+    per_shot = rows[rows["method"].str.startswith("fusion_")].groupby(["method", "n_shot"])["value"].mean()
+    for fusion, score in selection.scores.items():
+        assert score == pytest.approx(per_shot[f"fusion_{fusion}"].mean(), abs=1e-9)
+    assert round(100 * selection.scores["mean"], 2) == 62.73 and round(100 * selection.scores["attention"], 2) == 57.92
