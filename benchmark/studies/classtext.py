@@ -8,8 +8,10 @@ hypothesis and accuracy when class text is missing for part of the test classes.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,3 +77,34 @@ def gate_summary(records: Sequence[dict]) -> list[dict]:
 
 __all__ = ["GateTracker", "TrackingSampler", "TEXT_FRACTIONS", "evaluate_missing_text", "gate_summary",
            "separation", "text_available"]
+
+
+def missing_text_rows(result: dict, run: Path) -> list[dict]:
+    """The per-episode accuracies behind ``missing_text.csv`` and ``control.csv``, as rows: one per
+    (model, shot, text fraction p, episode), with the test manifest's sha256 (from the run's ``run.json``).
+
+    p = 1 is the model with all its class text at test; p = 0 the same model with none (its image path alone).
+    """
+    manifests = json.loads((run / "run.json").read_text()).get("manifests", {})
+    rows = []
+    for model, record in sorted(result.get("models", {}).items()):
+        for shot, by_p in sorted(record.get("missing_text", {}).items(), key=lambda kv: int(kv[0])):
+            sha = next((m["sha256"] for key, m in manifests.items() if key.endswith(f"w{shot}s")), None)
+            for p, values in by_p.items():
+                rows += [{"model": model, "learner": record.get("learner"), "n_shot": int(shot),
+                          "text_fraction": float(p), "episode": i, "metric": "accuracy", "value": float(v),
+                          "manifest_sha256": sha} for i, v in enumerate(values)]
+    return rows
+
+
+def write_missing_text_rows(out: Path, result: dict, run: Path) -> Path:
+    """``missing_text_rows.jsonl.gz`` (:func:`missing_text_rows`), rewritten byte for byte the same from the same result."""
+    import gzip
+
+    path = out / "missing_text_rows.jsonl.gz"
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in missing_text_rows(result, run))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+        f.write(text.encode())
+    tmp.replace(path)
+    return path

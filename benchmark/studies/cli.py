@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             table = Study(config_from_args(args)).run()
         print(to_markdown(table) if not table.empty else "(no comparison: the baseline has no rows)")
         if args.select_fusion:
-            from benchmark.studies.miniimagenet_text import select_fusion
+            from benchmark.studies.fusion_choice import select_fusion
 
             selection = select_fusion(Path(args.out))
             print(f"fusion chosen on {selection.split}: {selection.choice} "

@@ -39,6 +39,7 @@ import torch
 
 from benchmark.results import atomic_write_text, read_jsonl, read_rows, rows_file
 from benchmark.stats import mean_ci95, paired_test
+from benchmark.studies import classtext
 from benchmark.tablewrite import to_markdown
 from tasks.errors import BenchmarkError
 
@@ -282,37 +283,6 @@ def control_table(result: dict, run: Path, control: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def missing_text_rows(result: dict, run: Path) -> list[dict]:
-    """The per-episode accuracies behind ``missing_text.csv`` and ``control.csv``, as rows: one per
-    (model, shot, text fraction p, episode), with the test manifest's sha256 (from the run's ``run.json``).
-
-    p = 1 is the model with all its class text at test; p = 0 the same model with none (its image path alone).
-    """
-    manifests = json.loads((run / "run.json").read_text()).get("manifests", {})
-    rows = []
-    for model, record in sorted(result.get("models", {}).items()):
-        for shot, by_p in sorted(record.get("missing_text", {}).items(), key=lambda kv: int(kv[0])):
-            sha = next((m["sha256"] for key, m in manifests.items() if key.endswith(f"w{shot}s")), None)
-            for p, values in by_p.items():
-                rows += [{"model": model, "learner": record.get("learner"), "n_shot": int(shot),
-                          "text_fraction": float(p), "episode": i, "metric": "accuracy", "value": float(v),
-                          "manifest_sha256": sha} for i, v in enumerate(values)]
-    return rows
-
-
-def write_missing_text_rows(out: Path, result: dict, run: Path) -> Path:
-    """``missing_text_rows.jsonl.gz`` (:func:`missing_text_rows`), rewritten byte for byte the same from the same result."""
-    import gzip
-
-    path = out / "missing_text_rows.jsonl.gz"
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in missing_text_rows(result, run))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-        f.write(text.encode())
-    tmp.replace(path)
-    return path
-
-
 def write_tables(out: Path, result: dict, control: Path | None = None,
                  baseline_run: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``gates.md`` and ``missing_text.csv``/``.md`` from ``result`` (``end_to_end.json``); the run's own
@@ -327,7 +297,7 @@ def write_tables(out: Path, result: dict, control: Path | None = None,
     atomic_write_text(out / "missing_text.csv", missing.to_csv(index=False))
     atomic_write_text(out / "missing_text.md", to_markdown(missing) + "\n")
     if result.get("models"):
-        write_missing_text_rows(out, result, run)
+        classtext.write_missing_text_rows(out, result, run)
     write_training_gate_tables(out, result)
     if control is not None:
         table = control_table(result, run, control)
