@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -30,6 +29,7 @@ from benchmark import provenance, reproduced
 from benchmark.checkpoint import read_model
 from benchmark.reproduce import Protocol, _with_runtime, checkpoint_path
 from benchmark.reproduced import RESULTS_DIR
+from benchmark.results import atomic_write_bytes
 from tasks.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def upgrade_committed(protocol: Protocol, data_root: str | None, results_dir: Pa
         if wrong:
             raise BenchmarkError(f"the dataset under {data_root} (fingerprint {fingerprint[:12]}) is not the one "
                                  f"row(s) {', '.join(wrong)} were trained on (their dataset_fingerprint)")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, tmp.read_bytes())  # checked: now it replaces the committed file
     finally:
         tmp.unlink(missing_ok=True)
     if len(rows):

@@ -101,10 +101,9 @@ def write_missing_text_rows(out: Path, result: dict, run: Path) -> Path:
     """``missing_text_rows.jsonl.gz`` (:func:`missing_text_rows`), rewritten byte for byte the same from the same result."""
     import gzip
 
+    from benchmark.results import atomic_write_bytes
+
     path = out / "missing_text_rows.jsonl.gz"
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in missing_text_rows(result, run))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-        f.write(text.encode())
-    tmp.replace(path)
+    atomic_write_bytes(path, gzip.compress(text.encode(), mtime=0))
     return path
