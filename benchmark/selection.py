@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.provenance import REPO
 from tasks.errors import BenchmarkError
 
-REPO = Path(__file__).resolve().parent.parent
 #: episode splits whose classes are held out for the final numbers: no choice may read them
 TEST_SPLITS = frozenset({"test"})
 CHOICE_KEYS = ("key", "value", "split", "evidence")
